@@ -1,0 +1,325 @@
+"""The typed experiment config: defaults, YAML loading, --set overrides, the resolved copy.
+
+Every key lives in one pydantic model with ``extra="forbid"``. ``configs/default.yaml``
+documents each key with its type and default, and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from imgclf.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Activation = Literal["relu", "leaky_relu", "mish", "gelu", "swish", "elu", "tanh"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- data
+class DataConfig(Section):
+    source: Literal["digits", "folder", "idx", "npz"] = "digits"
+    path: str | None = None
+    val_split: float = Field(0.2, ge=0.0, lt=1.0)
+    test_split: float = Field(0.0, ge=0.0, lt=1.0)
+    holdout_last_n: int = Field(0, ge=0)
+    image_size: list[PositiveInt] | None = None
+    channels: Literal[1, 3] | None = None
+    batch_size: PositiveInt = 32
+    cache: bool = True
+    shuffle_buffer: PositiveInt = 10_000
+    class_names: list[str] | None = None
+
+    @field_validator("image_size")
+    @classmethod
+    def _two_sides(cls, v):
+        if v is not None and len(v) != 2:
+            raise ValueError(f"must be a [height, width] list, got {v}")
+        return v
+
+
+# -------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    name: str = "simple_cnn"
+    weights: str | None = None
+    filters: list[PositiveInt] = Field(default_factory=lambda: [32, 64])
+    convs_per_block: PositiveInt = 1
+    kernel_size: PositiveInt = 3
+    padding: Literal["same", "valid"] = "same"
+    batch_norm: bool = True
+    pooling: Literal["max", "avg", "none"] = "max"
+    conv_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    hidden_units: list[PositiveInt] = Field(default_factory=lambda: [256, 128])
+    dense_units: int = Field(128, ge=0)
+    activation: Activation = "relu"
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+
+
+# -------------------------------------------------------------------------- train
+class OptimizerConfig(Section):
+    name: Literal["adam"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    beta_1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta_2: float = Field(0.999, ge=0.0, lt=1.0)
+    epsilon: float = Field(1e-7, gt=0.0)
+
+
+class LossConfig(Section):
+    name: Literal["crossentropy"] = "crossentropy"
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class EarlyStoppingConfig(Section):
+    enabled: bool = True
+    monitor: str = "val_loss"
+    patience: int = Field(5, ge=0)
+    min_delta: float = Field(0.0, ge=0.0)
+    mode: Literal["auto", "min", "max"] = "auto"
+
+
+class TrainConfig(Section):
+    epochs: PositiveInt = 20
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    verbose: Literal["auto", 0, 1, 2] = "auto"
+
+
+# ------------------------------------------------------------------------ augment
+class FlipStep(Section):
+    name: Literal["flip"]
+    mode: Literal["horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
+
+
+class RotationStep(Section):
+    name: Literal["rotation"]
+    factor: float = Field(0.1, gt=0.0, le=1.0)
+
+
+class ZoomStep(Section):
+    name: Literal["zoom"]
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+
+
+class TranslationStep(Section):
+    name: Literal["translation"]
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+
+
+class ContrastStep(Section):
+    name: Literal["contrast"]
+    factor: float = Field(0.1, gt=0.0, le=1.0)
+
+
+AugmentStep = Annotated[
+    FlipStep | RotationStep | ZoomStep | TranslationStep | ContrastStep,
+    Field(discriminator="name"),
+]
+AUGMENT_STEPS = {
+    cls.model_fields["name"].annotation.__args__[0]: cls
+    for cls in (FlipStep, RotationStep, ZoomStep, TranslationStep, ContrastStep)
+}
+
+
+# ------------------------------------------------------------------------- output
+class OutputConfig(Section):
+    dir: str = "outputs"
+    name: str | None = None
+
+
+class Config(Section):
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    augment: list[AugmentStep] = Field(default_factory=list)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+# ------------------------------------------------------------------ key discovery
+def _section_of(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def valid_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the config, sections first-class too (``train.early_stopping``)."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        sub = _section_of(field.annotation)
+        if sub is not None:
+            keys.extend(valid_keys(sub, dotted + "."))
+    return keys
+
+
+def _siblings(loc: tuple) -> list[str]:
+    """The valid keys beside the offending one at error location ``loc``."""
+    parent = list(loc[:-1])
+    model: type[BaseModel] | None = Config
+    path: list[str] = []
+    while parent:
+        part = parent.pop(0)
+        if model is Config and part == "augment":
+            # pydantic reports augment.<index>.<step name>.<key>
+            if len(parent) < 2:
+                return []
+            index, tag = parent.pop(0), parent.pop(0)
+            model = AUGMENT_STEPS.get(tag)
+            path += ["augment", str(index)]
+        else:
+            field = model.model_fields.get(str(part))
+            model = _section_of(field.annotation) if field else None
+            path.append(str(part))
+        if model is None:
+            return []
+    prefix = ".".join(path)
+    return [f"{prefix}.{k}" if prefix else k for k in model.model_fields]
+
+
+def _loc_str(loc: tuple) -> str:
+    out = []
+    for part in loc:
+        if isinstance(part, int):
+            out.append(str(part))
+        elif part in AUGMENT_STEPS and out and out[-1].isdigit():
+            continue  # the discriminator tag pydantic adds inside augment steps
+        else:
+            out.append(str(part))
+    return ".".join(out)
+
+
+def _suggest(key: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if not match:  # compare the last part alone: `train.epoch` vs `train.epochs`
+        last = key.rsplit(".", 1)[-1]
+        tails = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        close = difflib.get_close_matches(last, list(tails), n=1, cutoff=0.6)
+        match = [tails[close[0]]] if close else []
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(err["loc"])
+    key = _loc_str(loc)
+    if err["type"] == "extra_forbidden":
+        candidates = _siblings(loc) or valid_keys()
+        return f"unknown key {key}{_suggest(key, candidates)}"
+    if err["type"] == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        tag = ctx.get("tag")
+        names = sorted(AUGMENT_STEPS)
+        hint = difflib.get_close_matches(str(tag), names, n=1)
+        more = f" (did you mean {hint[0]}?)" if hint else f" (known: {', '.join(names)})"
+        return f"{key}.name: unknown augmentation step {tag!r}{more}"
+    if err["type"] == "union_tag_not_found":
+        return f"{key}: each augmentation step needs a name (known: {', '.join(sorted(AUGMENT_STEPS))})"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):  # our own validators already echo the value
+        return f"{key}: {msg[len('Value error, '):]}"
+    got = repr(err.get("input"))
+    got = got if len(got) <= 60 else got[:57] + "..."
+    return f"{key}: {msg} (got {got})"
+
+
+def _validate(raw: dict, origin: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        errs = exc.errors()
+        more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+        raise ConfigError(f"{origin}: {_describe(errs[0])}{more}") from None
+
+
+# ------------------------------------------------------------------ load / merge
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``train.epochs=5`` -> (["train", "epochs"], 5). Values are parsed as YAML, never eval'd."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text  # a plain string such as a path with a colon
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    out = dict(raw)
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"--set {item!r}: {'.'.join(parts[: depth + 1])} is a value, not a section"
+                )
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (differences only), then --set overrides, validated once."""
+    raw: dict = {}
+    origin = "config"
+    if path is not None:
+        raw = _read_yaml(Path(path))
+        origin = str(path)
+    if overrides:
+        # validate the file alone first so an error names the right origin
+        _validate(raw, origin)
+        raw = apply_overrides(_deep_merge({}, raw), overrides)
+        origin = "--set"
+    return _validate(raw, origin)
+
+
+def to_dict(cfg: Config) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)

@@ -1,0 +1,77 @@
+"""The tf.data input pipeline: decode, resize, channel conversion, cache, shuffle, batch.
+
+Images leave the pipeline as float32 in 0..255 (every model rescales inside itself) with
+one-hot float32 labels. Per-image work (decode, resize) runs in parallel before the cache and
+is stored as uint8; per-batch work (cast, channel conversion, one-hot) runs after batching.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from imgclf.data.sources import Split
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def decode_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Read one JPEG/PNG/GIF/BMP file as a uint8 RGB image of ``size``."""
+    raw = tf.io.read_file(path)
+    img = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
+    img.set_shape([None, None, 3])
+    img = tf.image.resize(img, size, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
+
+
+def _to_channels(images: tf.Tensor, have: int, want: int) -> tf.Tensor:
+    if have == want:
+        return images
+    if want == 3:
+        return tf.image.grayscale_to_rgb(images)
+    return tf.image.rgb_to_grayscale(images)
+
+
+def make_dataset(
+    split: Split,
+    *,
+    image_size: tuple[int, int],
+    channels: int,
+    num_classes: int,
+    batch_size: int,
+    training: bool,
+    seed: int,
+    cache: bool = True,
+    shuffle_buffer: int = 10_000,
+) -> tf.data.Dataset:
+    """A batched dataset of (float32 images 0..255, one-hot labels) for one split.
+
+    ``training`` shuffles (with ``seed``, reshuffled every epoch); otherwise the order is
+    the split's order, which is the order of predictions.csv.
+    """
+    size = tuple(int(s) for s in image_size)
+    labels = tf.constant(split.y, dtype=tf.int32)
+    if split.files is not None:
+        have = 3
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(split.files), labels))
+        ds = ds.map(lambda p, y: (decode_image(p, size), y), num_parallel_calls=AUTOTUNE)
+        resize_batches = False
+    else:
+        have = int(split.x.shape[-1])
+        ds = tf.data.Dataset.from_tensor_slices((split.x, labels))
+        resize_batches = tuple(split.x.shape[1:3]) != size
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(shuffle_buffer, max(len(split), 1)), seed=seed,
+                        reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+
+    def per_batch(images, y):
+        images = tf.cast(images, tf.float32)
+        if resize_batches:
+            images = tf.image.resize(images, size, method="bilinear", antialias=True)
+        images = _to_channels(images, have, channels)
+        return images, tf.one_hot(y, num_classes, dtype=tf.float32)
+
+    ds = ds.map(per_batch, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,68 @@
+"""Deterministic, stratified, leak-free splits of a labelled set."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from imgclf.errors import ConfigError, DataError
+
+
+def _stratified(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str):
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, held = train_test_split(
+            idx, test_size=fraction, random_state=seed, stratify=y[idx], shuffle=True
+        )
+    except ValueError as exc:
+        counts = np.bincount(y[idx])
+        raise DataError(
+            f"cannot hold out {fraction:g} of {len(idx)} items per class as {what} "
+            f"(smallest class has {counts[counts > 0].min()}): {exc}"
+        ) from None
+    return np.sort(keep), np.sort(held)
+
+
+def split_indices(
+    y: np.ndarray,
+    *,
+    val_split: float,
+    test_split: float,
+    holdout_last_n: int,
+    seed: int,
+    has_val: bool,
+    has_test: bool,
+) -> dict[str, np.ndarray]:
+    """Indices into ``y`` for train and, where asked, val and test.
+
+    ``y`` must be in the source's sorted order (sorted file paths, array order): the
+    holdout takes the last ``holdout_last_n`` items of each class in that order.
+    """
+    y = np.asarray(y)
+    if holdout_last_n and test_split:
+        raise ConfigError("data.holdout_last_n and data.test_split both ask for a test set: set one")
+    if has_test and (holdout_last_n or test_split):
+        raise ConfigError(
+            "the data has its own test set: data.holdout_last_n and data.test_split must be 0"
+        )
+    idx = np.arange(len(y))
+    out: dict[str, np.ndarray] = {}
+    if holdout_last_n:
+        test = []
+        for c in np.unique(y):
+            members = idx[y == c]
+            if len(members) <= holdout_last_n:
+                raise DataError(
+                    f"data.holdout_last_n={holdout_last_n} would leave class #{c} "
+                    f"({len(members)} items) nothing to train on"
+                )
+            test.extend(members[-holdout_last_n:])
+        test = np.sort(np.array(test))
+        out["test"] = test
+        idx = np.setdiff1d(idx, test)
+    elif test_split:
+        idx, out["test"] = _stratified(idx, y, test_split, seed, "test")
+    if not has_val and val_split:
+        idx, out["val"] = _stratified(idx, y, val_split, seed, "validation")
+    out["train"] = idx
+    return out

@@ -1,0 +1,22 @@
+"""Errors a user can act on: one line, exit code 2, never a traceback."""
+
+
+class ImgclfError(Exception):
+    """Base class: the message is printed as one line and the CLI exits with `exit_code`."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class ConfigError(ImgclfError):
+    """A config file or --set override is malformed, unknown or of the wrong type."""
+
+
+class DataError(ImgclfError):
+    """The data cannot be loaded: missing folder, empty class, too few classes, bad arrays."""
+
+
+class ModelError(ImgclfError):
+    """Unknown model name or a model that cannot be built with the given settings."""

@@ -1,0 +1,5 @@
+"""Models: a registry of builder functions, one file per family, one shared head."""
+
+from imgclf.models.registry import ModelSpec, create_model, get_entry, list_models
+
+__all__ = ["ModelSpec", "create_model", "get_entry", "list_models"]

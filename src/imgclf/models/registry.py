@@ -1,0 +1,83 @@
+"""The model registry: a decorator on a plain builder function, looked up by name.
+
+    @register_model(family="cnn")
+    def simple_cnn(spec: ModelSpec) -> keras.Model: ...
+
+`create_model` raises ModelError("Unknown model ...") with the nearest names, and
+`list_models("res*")` filters with shell-style wildcards; tests parametrize over it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from imgclf.config import AugmentStep, ModelConfig
+from imgclf.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a builder gets: the input shape, the class count, and the model section."""
+
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    cfg: ModelConfig
+    augment: tuple[AugmentStep, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    builder: Callable
+    description: str
+    default_size: tuple[int, int] | None = None  # None: any size
+    channels: int | None = None  # None: any channel count
+    pretrained: bool = False
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(family: str, default_size=None, channels=None, pretrained=False):
+    def wrap(fn: Callable) -> Callable:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[fn.__name__] = ModelEntry(
+            name=fn.__name__, family=family, builder=fn, description=doc[0] if doc else "",
+            default_size=default_size, channels=channels, pretrained=pretrained,
+        )
+        return fn
+
+    return wrap
+
+
+def _load_families() -> None:
+    # importing the family modules runs their @register_model decorators
+    from imgclf.models import cnn, mlp  # noqa: F401
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    _load_families()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def get_entry(name: str) -> ModelEntry:
+    _load_families()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ModelError(
+            f"Unknown model {name!r}{hint}; `imgclf models` lists them. Received: model.name={name}"
+        )
+    return _REGISTRY[name]
+
+
+def create_model(name: str, spec: ModelSpec):
+    entry = get_entry(name)
+    try:
+        return entry.builder(spec)
+    except ValueError as exc:  # Keras' own shape errors, e.g. too many poolings
+        raise ModelError(f"cannot build {name} for input {spec.input_shape}: {exc}") from None

@@ -1,0 +1,126 @@
+"""Run directories: a new one per run, atomic file writes, and the run.json manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from imgclf.errors import ImgclfError
+
+MANIFEST = "run.json"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would have given; mkstemp makes 0600
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None):
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
+def new_run_dir(parent: str | Path, name: str) -> Path:
+    """Create ``parent/<YYYYmmdd-HHMMSS>-<name>``; never reuse an existing directory."""
+    parent = Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImgclfError(f"cannot create output directory {parent}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise ImgclfError(f"output directory {parent} is not writable")
+    base = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{_slug(name)}"
+    for i in range(1, 1000):
+        candidate = parent / (base if i == 1 else f"{base}-{i}")
+        try:
+            candidate.mkdir()  # atomic: fails if another run took the name
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ImgclfError(f"cannot create run directory {candidate}: {exc.strerror}") from None
+    raise ImgclfError(f"too many runs named {base} in {parent}")
+
+
+def versions() -> dict:
+    import keras
+    import tensorflow as tf
+
+    from imgclf import __version__
+
+    return {
+        "imgclf": __version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+class Manifest:
+    """run.json: status (running, finished, failed, interrupted), versions, timings."""
+
+    def __init__(self, run_dir: Path, command: str):
+        self.path = Path(run_dir) / MANIFEST
+        self._t0 = time.time()
+        self.data = {
+            "status": "running",
+            "command": command,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished": None,
+            "duration_s": None,
+            "versions": versions(),
+        }
+        self.save()
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        self.save()
+
+    def close(self, status: str, **fields) -> None:
+        self.update(
+            status=status,
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            duration_s=round(time.time() - self._t0, 3),
+            **fields,
+        )
+
+    def save(self) -> None:
+        write_json(self.path, self.data)

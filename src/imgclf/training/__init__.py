@@ -1,0 +1,1 @@
+"""Training: callbacks and the trainer that turns a config into a run directory."""
