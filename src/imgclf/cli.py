@@ -30,9 +30,15 @@ def _fail(exc: ImgclfError) -> None:
 
 @app.command()
 def train(
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML experiment file (differences from configs/default.yaml)."),
-    set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: section.key=value (repeatable)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Parent folder for the run directory (default: output.dir)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="YAML experiment file (differences from configs/default.yaml)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", "-s", help="Override a key: section.key=value (repeatable)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Parent folder for the run directory (default: output.dir)."
+    ),
 ) -> None:
     """Train a model; the last line printed is the new run directory."""
     _quiet_tensorflow()
