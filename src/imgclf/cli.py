@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import typer
 
+from imgclf._tf import import_tensorflow
 from imgclf.errors import ImgclfError
 
 app = typer.Typer(
@@ -16,11 +16,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Image-classification experiments with Keras 3 on TensorFlow, from one YAML file.",
 )
-
-
-def _quiet_tensorflow() -> None:
-    # TensorFlow's C++ start-up chatter (CUDA probes, CPU features) is not for users
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _fail(exc: ImgclfError) -> None:
@@ -41,11 +36,11 @@ def train(
     ),
 ) -> None:
     """Train a model; the last line printed is the new run directory."""
-    _quiet_tensorflow()
     from imgclf.config import load_config
 
     try:
-        cfg = load_config(config, set_)
+        cfg = load_config(config, set_)  # config errors come before TensorFlow's slow import
+        import_tensorflow()
         from imgclf.training.trainer import train as run_training
 
         run_dir = run_training(cfg, out=str(out) if out else None, echo=typer.echo)
@@ -59,6 +54,7 @@ def train(
 @app.command()
 def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'simple*'.")) -> None:
     """List the model registry."""
+    import_tensorflow()
     from imgclf.models.registry import get_entry, list_models
 
     names = list_models(pattern)

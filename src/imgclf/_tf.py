@@ -1,0 +1,39 @@
+"""Import TensorFlow without its C++ start-up chatter on stderr.
+
+TensorFlow prints CUDA probes and CPU-feature notes to file descriptor 2 before its own
+log settings apply, so TF_CPP_MIN_LOG_LEVEL alone cannot hide them. The import runs with
+fd 2 pointed at a temporary file; if the import fails, what it printed is shown after all.
+Set IMGCLF_TF_LOGS=1 to see everything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+
+def import_tensorflow():
+    if "tensorflow" in sys.modules or os.environ.get("IMGCLF_TF_LOGS"):
+        import tensorflow as tf
+
+        return tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import keras  # noqa: F401  (imports tensorflow, the backend)
+            import tensorflow as tf
+
+            tf.constant(0) + 1  # the first op loads the device plugins: more chatter
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tf

@@ -1,0 +1,74 @@
+"""Shared fixtures: small real image files and arrays the tests make themselves."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# tiny, fast training settings for end-to-end tests
+FAST = [
+    "train.epochs=2",
+    "data.batch_size=8",
+    "model.filters=[8]",
+    "model.dense_units=8",
+    "train.verbose=0",
+]
+
+
+def pattern_image(label: int, rng: np.random.Generator, size=(16, 16), mode="RGB") -> Image.Image:
+    """Class 0 is bright on top, class 1 bright at the bottom, class 2 bright on the left...:
+    a pattern a small model learns in a few steps, with noise so no two images match."""
+    h, w = size
+    img = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+    region = [np.s_[: h // 2], np.s_[h // 2 :], np.s_[:, : w // 2], np.s_[:, w // 2 :]][label % 4]
+    img[region] = rng.integers(190, 255, size=img[region].shape, dtype=np.uint8)
+    im = Image.fromarray(img, "RGB")
+    return im.convert(mode) if mode != "RGB" else im
+
+
+def write_class_folder(root: Path, classes: dict[str, int], seed: int = 0, exts=(".png", ".jpg")) -> Path:
+    """root/<class>/img_<i><ext>, ``classes`` maps class name -> number of images."""
+    rng = np.random.default_rng(seed)
+    for label, (name, count) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            ext = exts[i % len(exts)]
+            pattern_image(label, rng).save(folder / f"img_{i:03d}{ext}")
+    return root
+
+
+@pytest.fixture
+def folder_data(tmp_path) -> Path:
+    """Two classes of 12 small images each, PNG and JPEG mixed."""
+    return write_class_folder(tmp_path / "data", {"ants": 12, "bees": 12})
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape
+    )
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def idx_dir(tmp_path) -> Path:
+    """IDX files shaped like Fashion-MNIST's, 3 classes of 28x28 pattern images."""
+    rng = np.random.default_rng(1)
+    root = tmp_path / "idx"
+    root.mkdir()
+    for prefix, n in (("train", 60), ("t10k", 15)):
+        y = np.arange(n) % 3
+        x = np.stack([np.asarray(pattern_image(c, rng, (28, 28), "L")) for c in y])
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", x)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", y)
+    return root

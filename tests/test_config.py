@@ -1,0 +1,147 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imgclf.config import Config, dump_yaml, load_config, parse_override, valid_keys
+from imgclf.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_yaml_states_exactly_the_defaults():
+    documented = yaml.safe_load((CONFIGS / "default.yaml").read_text())
+    assert Config.model_validate(documented) == Config()
+    # and documents every key, down to the leaves
+    assert dump_yaml(Config.model_validate(documented)) == dump_yaml(Config())
+
+
+def test_default_yaml_comments_every_key_with_a_type():
+    lines = (CONFIGS / "default.yaml").read_text().splitlines()
+    keyed = [ln for ln in lines if ":" in ln and not ln.lstrip().startswith("#")]
+    sections = {"data:", "model:", "train:", "optimizer:", "loss:", "early_stopping:", "output:"}
+    for ln in keyed:
+        if ln.strip() in sections:
+            continue
+        assert "# (" in ln, f"undocumented key in default.yaml: {ln.strip()}"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    load_config(path)
+
+
+def test_public_key_names_exist():
+    keys = set(valid_keys())
+    for key in ["seed", "data.source", "data.path", "data.val_split", "data.holdout_last_n",
+                "data.image_size", "data.batch_size", "model.name", "model.weights",
+                "train.epochs", "train.early_stopping.monitor", "train.early_stopping.patience",
+                "train.early_stopping.min_delta", "train.early_stopping.mode"]:
+        assert key in keys
+
+
+def test_experiment_file_holds_only_differences(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  epochs: 3\n"))
+    assert cfg.train.epochs == 3
+    assert cfg.train.early_stopping.patience == Config().train.early_stopping.patience
+    assert cfg.data == Config().data
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("data:\n  val_splt: 0.1\n", "unknown key data.val_splt (did you mean data.val_split?)"),
+        ("train:\n  epoch: 3\n", "did you mean train.epochs?"),
+        ("train:\n  early_stopping:\n    patince: 3\n", "did you mean train.early_stopping.patience?"),
+        ("modle:\n  name: mlp\n", "did you mean model?"),
+        ("augment:\n  - {name: rotation, fctor: 0.2}\n", "did you mean augment.0.factor?"),
+        ("augment:\n  - {name: rotaton}\n", "did you mean rotation?"),
+    ],
+)
+def test_unknown_keys_suggest_the_nearest(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.epochs=ten", "train.epochs"),
+        ("train.epochs=0", "greater than 0"),
+        ("data.batch_size=-4", "data.batch_size"),
+        ("data.val_split=1.5", "data.val_split"),
+        ("data.image_size=[32]", "[height, width]"),
+        ("data.source=s3", "data.source"),
+        ("model.activation=sigmoidal", "model.activation"),
+        ("train.early_stopping.mode=up", "train.early_stopping.mode"),
+        ("data=3", "data"),
+    ],
+)
+def test_overrides_are_type_checked(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(None, ["data.image_size=[32, 48]", "train.optimizer.lr=3e-4",
+                             "model.batch_norm=false", "seed=7", "model.filters=[4,8,16]"])
+    assert cfg.data.image_size == [32, 48]
+    assert cfg.train.optimizer.lr == pytest.approx(3e-4)
+    assert cfg.model.batch_norm is False
+    assert cfg.seed == 7
+    assert cfg.model.filters == [4, 8, 16]
+
+
+def test_override_beats_file(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  epochs: 3\n"), ["train.epochs=4"])
+    assert cfg.train.epochs == 4
+
+
+def test_override_values_are_never_evaluated():
+    keys, value = parse_override("output.name=__import__('os').getcwd()")
+    assert value == "__import__('os').getcwd()"
+    assert load_config(None, ["output.name=__import__('os')"]).output.name == "__import__('os')"
+
+
+@pytest.mark.parametrize("bad", ["epochs", "=3", "train..epochs=3"])
+def test_malformed_override(bad):
+    with pytest.raises(ConfigError):
+        load_config(None, [bad])
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "data:\n  source: [digits\n"))
+    assert "malformed YAML" in str(err.value) and "line" in str(err.value)
+
+
+def test_yaml_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    path = write(tmp_path, "output:\n  name: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(path)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["augment=[{name: flip}, {name: zoom, factor: 0.2}]", "seed=3"])
+    again = load_config(write(tmp_path, dump_yaml(cfg)))
+    assert again == cfg

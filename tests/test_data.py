@@ -1,0 +1,214 @@
+import numpy as np
+import pytest
+from conftest import write_class_folder
+
+from imgclf.config import DataConfig
+from imgclf.data import load_data
+from imgclf.data.splits import split_indices
+from imgclf.errors import ConfigError, DataError
+
+
+def folder_cfg(path, **kw):
+    return DataConfig(source="folder", path=str(path), **kw)
+
+
+# ------------------------------------------------------------------ sources
+def test_digits_source():
+    b = load_data(DataConfig(source="digits", val_split=0.2, test_split=0.2), seed=0)
+    assert b.class_names == [str(i) for i in range(10)]
+    assert sum(len(s) for s in b.splits.values()) == 1797
+    x = b.splits["train"].x
+    assert x.dtype == np.uint8 and x.shape[1:] == (8, 8, 1) and x.max() == 255
+
+
+def test_npz_source(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=rng.integers(0, 255, (40, 10, 12, 3), dtype=np.uint8),
+             y_train=np.arange(40) % 2, x_test=rng.integers(0, 255, (6, 10, 12, 3), dtype=np.uint8),
+             y_test=np.arange(6) % 2, class_names=np.array(["cat", "dog"]))
+    b = load_data(DataConfig(source="npz", path=str(path), val_split=0.25), seed=0)
+    assert b.class_names == ["cat", "dog"]
+    assert [len(b.splits[k]) for k in ("train", "val", "test")] == [30, 10, 6]
+    assert b.image_size == (10, 12) and b.channels == 3
+
+
+def test_npz_float_images_in_unit_range_are_scaled(tmp_path):
+    path = tmp_path / "f.npz"
+    x = np.full((10, 4, 4), 0.5, dtype=np.float32)
+    np.savez(path, x_train=x, y_train=np.arange(10) % 2)
+    b = load_data(DataConfig(source="npz", path=str(path), val_split=0.2), seed=0)
+    assert b.splits["train"].x.dtype == np.uint8 and int(b.splits["train"].x.max()) == 128
+
+
+def test_npz_missing_arrays(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, images=np.zeros((4, 4, 4)))
+    with pytest.raises(DataError, match="x_train"):
+        load_data(DataConfig(source="npz", path=str(path)), seed=0)
+
+
+def test_idx_source_uses_the_official_test_set(idx_dir):
+    b = load_data(DataConfig(source="idx", path=str(idx_dir), val_split=0.2), seed=0)
+    assert len(b.splits["test"]) == 15 and len(b.splits["train"]) + len(b.splits["val"]) == 60
+    assert b.image_size == (28, 28) and b.channels == 1
+    assert b.splits["test"].ids == list(range(15))
+
+
+def test_idx_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="IDX folder not found"):
+        load_data(DataConfig(source="idx", path=str(tmp_path / "nope")), seed=0)
+
+
+def test_idx_rejects_a_test_holdout(idx_dir):
+    with pytest.raises(ConfigError, match="own test set"):
+        load_data(DataConfig(source="idx", path=str(idx_dir), holdout_last_n=2), seed=0)
+
+
+def test_folder_classes_sorted_recursive_case_insensitive(tmp_path):
+    root = write_class_folder(tmp_path / "d", {"zebra": 4, "Ant": 4}, exts=(".PNG", ".Jpeg"))
+    nested = root / "zebra" / "more" / "deeper"
+    nested.mkdir(parents=True)
+    (root / "zebra" / "img_000.PNG").rename(nested / "moved.PNG")
+    (root / "zebra" / "notes.txt").write_text("not an image")
+    (root / "zebra" / ".hidden.png").write_bytes(b"junk")
+    b = load_data(folder_cfg(root, val_split=0.25), seed=0)
+    assert b.class_names == ["Ant", "zebra"]
+    ids = [i for s in b.splits.values() for i in s.ids]
+    assert len(ids) == 8 and "zebra/more/deeper/moved.PNG" in ids
+    assert not b.bad_files
+
+
+def test_folder_with_train_val_test_subfolders(tmp_path):
+    for split, n in (("train", 6), ("val", 3), ("test", 2)):
+        write_class_folder(tmp_path / "d" / split, {"a": n, "b": n}, seed=len(split))
+    b = load_data(folder_cfg(tmp_path / "d", val_split=0.5), seed=0)
+    assert {k: len(v) for k, v in b.splits.items()} == {"train": 12, "val": 6, "test": 4}
+    assert all(i.startswith("val/") for i in b.splits["val"].ids)
+
+
+def test_folder_val_class_unknown_to_train(tmp_path):
+    write_class_folder(tmp_path / "d" / "train", {"a": 4, "b": 4})
+    write_class_folder(tmp_path / "d" / "val", {"a": 2, "c": 2})
+    with pytest.raises(DataError, match="not in train"):
+        load_data(folder_cfg(tmp_path / "d"), seed=0)
+
+
+def test_corrupt_files_are_skipped_and_listed(folder_data):
+    (folder_data / "ants" / "truncated.jpg").write_bytes(
+        (folder_data / "ants" / "img_001.jpg").read_bytes()[:200])
+    (folder_data / "ants" / "empty.png").write_bytes(b"")
+    (folder_data / "bees" / "text.jpg").write_text("this is not a JPEG")
+    b = load_data(folder_cfg(folder_data), seed=0)
+    bad = dict(b.bad_files)
+    assert set(bad) == {"ants/truncated.jpg", "ants/empty.png", "bees/text.jpg"}
+    assert bad["ants/empty.png"] == "empty file"
+    everywhere = [i for s in b.splits.values() for i in s.ids]
+    assert not set(bad) & set(everywhere) and len(everywhere) == 24
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        load_data(folder_cfg(tmp_path / "nope"), seed=0)
+
+
+def test_empty_class_folder(folder_data):
+    (folder_data / "wasps").mkdir()
+    with pytest.raises(DataError, match="wasps has no readable images"):
+        load_data(folder_cfg(folder_data), seed=0)
+
+
+def test_single_class(tmp_path):
+    root = write_class_folder(tmp_path / "d", {"only": 5})
+    with pytest.raises(DataError, match="at least 2"):
+        load_data(folder_cfg(root), seed=0)
+
+
+def test_no_validation_data_is_refused(folder_data):
+    with pytest.raises(ConfigError, match="validation"):
+        load_data(folder_cfg(folder_data, val_split=0.0), seed=0)
+
+
+# ------------------------------------------------------------------ splits
+def _ids(bundle):
+    return {k: list(v.ids) for k, v in bundle.splits.items()}
+
+
+def test_same_seed_same_split_and_no_leakage(tmp_path):
+    root = write_class_folder(tmp_path / "d", {"a": 20, "b": 14, "c": 9})
+    cfg = folder_cfg(root, val_split=0.3, test_split=0.2)
+    first, again = load_data(cfg, seed=5), load_data(cfg, seed=5)
+    assert _ids(first) == _ids(again)
+    other = load_data(cfg, seed=6)
+    assert _ids(other)["val"] != _ids(first)["val"]
+    parts = [set(v) for v in _ids(first).values()]
+    assert sum(len(p) for p in parts) == 43 and len(set().union(*parts)) == 43
+
+
+def test_val_split_is_stratified():
+    y = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    idx = split_indices(y, val_split=0.2, test_split=0.0, holdout_last_n=0, seed=1,
+                        has_val=False, has_test=False)
+    assert np.bincount(y[idx["val"]]).tolist() == [10, 6, 4]
+
+
+def test_holdout_last_n_takes_the_last_sorted_files(tmp_path):
+    root = write_class_folder(tmp_path / "d", {"a": 6, "b": 5})
+    b = load_data(folder_cfg(root, holdout_last_n=2, val_split=0.25), seed=0)
+    assert b.splits["test"].ids == ["a/img_004.png", "a/img_005.jpg", "b/img_003.jpg", "b/img_004.png"]
+    rest = set(b.splits["train"].ids) | set(b.splits["val"].ids)
+    assert len(rest) == 7 and not rest & set(b.splits["test"].ids)
+
+
+def test_holdout_cannot_take_a_whole_class(tmp_path):
+    root = write_class_folder(tmp_path / "d", {"a": 6, "b": 2})
+    with pytest.raises(DataError, match="holdout_last_n"):
+        load_data(folder_cfg(root, holdout_last_n=2), seed=0)
+
+
+# ----------------------------------------------------------------- pipeline
+def _batches(split, **kw):
+    from imgclf.data.pipeline import make_dataset
+
+    args = dict(image_size=(16, 16), channels=3, num_classes=2, batch_size=4, training=False,
+                seed=0)
+    args.update(kw)
+    return list(make_dataset(split, **args).as_numpy_iterator())
+
+
+def test_pipeline_decodes_resizes_and_one_hots(folder_data):
+    b = load_data(folder_cfg(folder_data), seed=0)
+    batches = _batches(b.splits["val"], image_size=(12, 20))
+    x, y = batches[0]
+    assert x.shape == (4, 12, 20, 3) and x.dtype == np.float32
+    assert 0 <= x.min() and x.max() <= 255 and x.max() > 150  # raw pixels, not 0..1
+    assert y.shape == (4, 2) and set(np.unique(y)) <= {0.0, 1.0}
+    labels = np.concatenate([bt[1].argmax(1) for bt in batches])
+    assert labels.tolist() == b.splits["val"].y.tolist()  # eval order is split order
+
+
+@pytest.mark.parametrize("want", [1, 3])
+def test_pipeline_converts_channels(folder_data, want):
+    b = load_data(folder_cfg(folder_data), seed=0)
+    x, _ = _batches(b.splits["val"], channels=want)[0]
+    assert x.shape[-1] == want
+
+
+def test_pipeline_gray_arrays_to_rgb_and_resize():
+    b = load_data(DataConfig(source="digits"), seed=0)
+    x, _ = _batches(b.splits["val"], image_size=(16, 16), channels=3, num_classes=10)[0]
+    assert x.shape == (4, 16, 16, 3)
+    assert np.allclose(x[..., 0], x[..., 1]) and np.allclose(x[..., 1], x[..., 2])
+
+
+def test_pipeline_shuffles_training_data_by_seed():
+    b = load_data(DataConfig(source="digits"), seed=0)
+
+    def order(seed):
+        return np.concatenate([y.argmax(1) for _, y in _batches(
+            b.splits["train"], image_size=(8, 8), channels=1, num_classes=10, training=True,
+            seed=seed)])
+
+    assert order(1).tolist() == order(1).tolist()
+    assert order(1).tolist() != order(2).tolist()
+    assert sorted(order(1).tolist()) == sorted(b.splits["train"].y.tolist())
