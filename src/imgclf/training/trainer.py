@@ -204,7 +204,8 @@ def _train_in(run_dir: Path, prep: Prepared, manifest: Manifest, echo) -> Path:
         ))
     t0 = time.perf_counter()
     history = model.fit(data["train"], validation_data=data["val"], epochs=cfg.train.epochs,
-                        callbacks=callbacks, verbose=_verbosity(cfg.train.verbose))
+                        callbacks=callbacks, verbose=_verbosity(cfg.train.verbose),
+                        shuffle=False)  # the pipeline shuffles, with the seed
     train_time = time.perf_counter() - t0
     epochs_run = len(history.history.get("loss", []))
 

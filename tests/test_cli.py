@@ -1,0 +1,167 @@
+"""End to end through the command line, as a user runs it (Typer's CliRunner)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import FAST, write_class_folder
+from typer.testing import CliRunner
+
+from imgclf.cli import app
+from imgclf.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_FILES = {"config.yaml", "classes.json", "model.keras", "history.csv", "metrics.json",
+             "per_class.csv", "predictions.csv", "confusion_matrix.csv", "confusion_matrix.png",
+             "curves.png", "run.json"}
+runner = CliRunner()
+
+
+def train(*args):
+    result = runner.invoke(app, ["train", *args])
+    return result
+
+
+def set_args(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def run_dir_of(result) -> Path:
+    assert result.exit_code == 0, result.output
+    path = Path(result.output.strip().splitlines()[-1])
+    assert path.is_dir()
+    return path
+
+
+def test_train_on_a_folder_writes_a_complete_run(folder_data, tmp_path):
+    out = tmp_path / "runs"
+    result = train("--set", "data.source=folder", "--set", f"data.path={folder_data}",
+                   "--set", "data.image_size=[16,16]", *set_args(FAST), "--out", str(out))
+    run = run_dir_of(result)
+    assert run.parent == out
+    assert RUN_FILES <= {p.name for p in run.iterdir()}
+
+    saved = load_config(run / "config.yaml")  # the resolved config trains as it is
+    assert saved.data.image_size == [16, 16] and saved.data.channels == 3
+    assert json.loads((run / "classes.json").read_text()) == ["ants", "bees"]
+
+    history = pd.read_csv(run / "history.csv")
+    assert list(history.columns[:6]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr"]
+    assert history["epoch"].tolist() == [1, 2]
+    assert history["lr"].tolist() == pytest.approx([1e-3, 1e-3])
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "test" not in metrics
+    assert set(metrics["val"]) >= {"accuracy", "loss", "precision_macro", "recall_macro", "f1_macro",
+                                   "precision_weighted", "recall_weighted", "f1_weighted"}
+    preds = pd.read_csv(run / "predictions.csv")
+    assert list(preds.columns) == ["split", "file", "true_label", "pred_label", "prob_ants", "prob_bees"]
+    assert len(preds) == metrics["val"]["n"] == 5  # 20% of 24, stratified
+    assert all((folder_data / f).is_file() for f in preds["file"])
+
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["status"] == "finished" and manifest["epochs"] == 2
+
+
+def test_each_run_gets_a_new_directory(tmp_path):
+    args = ["--set", "model.name=mlp", "--set", "model.hidden_units=[8]", *set_args(FAST),
+            "--set", "train.epochs=1", "--out", str(tmp_path)]
+    first, second = run_dir_of(train(*args)), run_dir_of(train(*args))
+    assert first != second and first.parent == second.parent == tmp_path
+    assert (first / "model.keras").is_file() and (second / "model.keras").is_file()
+
+
+def test_best_epoch_weights_are_the_saved_model(tmp_path):
+    run = run_dir_of(train("--set", "train.epochs=6", "--set", "train.early_stopping.patience=10",
+                           "--set", "model.filters=[8]", "--set", "train.verbose=0",
+                           "--set", "train.optimizer.lr=0.02", "--out", str(tmp_path)))
+    history = pd.read_csv(run / "history.csv")
+    best = int(history["val_loss"].idxmin())
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["best_epoch"] == best + 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    # the saved predictions come from the best epoch's weights, not the last epoch's
+    assert metrics["val"]["loss"] == pytest.approx(history["val_loss"][best], rel=2e-3)
+
+
+def test_early_stopping_ends_the_run(tmp_path):
+    run = run_dir_of(train(*set_args(FAST), "--set", "train.epochs=20",
+                           "--set", "train.early_stopping.patience=1",
+                           "--set", "train.early_stopping.min_delta=100", "--out", str(tmp_path)))
+    assert len(pd.read_csv(run / "history.csv")) == 2  # nothing counts as an improvement
+
+
+def test_quickstart_reaches_its_promise(tmp_path):
+    run = run_dir_of(train("--config", str(ROOT / "configs/quickstart.yaml"),
+                           "--set", "train.verbose=0", "--out", str(tmp_path)))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"]["accuracy"] >= 0.95 and metrics["test"]["accuracy"] >= 0.95
+
+
+def test_idx_source_end_to_end(idx_dir, tmp_path):
+    run = run_dir_of(train("--set", "data.source=idx", "--set", f"data.path={idx_dir}",
+                           *set_args(FAST), "--out", str(tmp_path)))
+    preds = pd.read_csv(run / "predictions.csv")
+    assert (preds["split"] == "test").sum() == 15
+    assert json.loads((run / "metrics.json").read_text())["primary_split"] == "test"
+
+
+def test_corrupt_images_are_listed_in_the_run(folder_data, tmp_path):
+    (folder_data / "bees" / "broken.jpg").write_text("not a JPEG")
+    result = train("--set", "data.source=folder", "--set", f"data.path={folder_data}",
+                   "--set", "data.image_size=[16,16]", *set_args(FAST), "--out", str(tmp_path))
+    run = run_dir_of(result)
+    assert (run / "bad_files.txt").read_text().startswith("bees/broken.jpg\t")
+    assert "skipped 1 unreadable file" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "data.source=folder", "--set", "data.path=/no/such/folder"], "data folder not found"),
+        (["--set", "data.val_splt=0.1"], "did you mean data.val_split?"),
+        (["--set", "train.epochs=0"], "train.epochs"),
+        (["--set", "model.name=resnet9000"], "Unknown model"),
+        (["--config", "/no/such.yaml"], "config file not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    result = train(*args, "--out", str(tmp_path / "runs"))
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("imgclf: error:")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_data_errors_from_a_folder(tmp_path):
+    root = write_class_folder(tmp_path / "one", {"only": 4})
+    result = train("--set", "data.source=folder", "--set", f"data.path={root}", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "at least 2" in result.output
+    (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
+    result = train("--config", str(tmp_path / "bad.yaml"))
+    assert result.exit_code == 2 and "malformed YAML" in result.output
+
+
+def test_models_lists_the_registry():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    assert "simple_cnn" in result.output and "mlp" in result.output
+
+
+def test_config_command_prints_the_resolved_config():
+    result = runner.invoke(app, ["config", "--set", "train.epochs=7"])
+    assert result.exit_code == 0
+    assert yaml.safe_load(result.output)["train"]["epochs"] == 7
+
+
+def test_python_dash_m_and_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "imgclf", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout
+    err = subprocess.run([sys.executable, "-m", "imgclf", "train", "--set", "data.val_splt=1"],
+                         capture_output=True, text=True)
+    assert err.returncode == 2 and "Traceback" not in err.stderr
+    assert err.stderr.strip() == "imgclf: error: --set: unknown key data.val_splt (did you mean data.val_split?)"

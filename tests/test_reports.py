@@ -1,0 +1,100 @@
+"""Reports are computed from the files in a run directory; check them against scikit-learn."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from imgclf.reports import write_reports
+
+CLASSES = ["cat", "dog", "0", "bird"]  # "0" must stay a name, not become a number
+
+
+def fake_run(tmp_path, seed=0, splits=(("val", 40), ("test", 30))):
+    rng = np.random.default_rng(seed)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "classes.json").write_text(json.dumps(CLASSES))
+    frames = []
+    for split, n in splits:
+        y = rng.integers(0, len(CLASSES), n)
+        logits = rng.normal(size=(n, len(CLASSES))) + 2.0 * np.eye(len(CLASSES))[y]
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        frame = pd.DataFrame({"split": split, "index": np.arange(n),
+                              "true_label": np.array(CLASSES)[y],
+                              "pred_label": np.array(CLASSES)[probs.argmax(1)]})
+        frame[[f"prob_{c}" for c in CLASSES]] = probs
+        frames.append(frame)
+    pd.concat(frames).to_csv(run / "predictions.csv", index=False, float_format="%.10g")
+    pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.5], "accuracy": [0.5, 0.7],
+                  "val_loss": [1.1, 0.8], "val_accuracy": [0.4, 0.6], "lr": [1e-3, 1e-3]}
+                 ).to_csv(run / "history.csv", index=False)
+    return run
+
+
+def sk_metrics(rows):
+    index = {c: i for i, c in enumerate(CLASSES)}
+    y = rows["true_label"].astype(str).map(index).to_numpy()
+    probs = rows[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    pred = probs.argmax(1)
+    labels = list(range(len(CLASSES)))
+    out = {"accuracy": skm.accuracy_score(y, pred), "loss": skm.log_loss(y, probs, labels=labels)}
+    for avg in ("macro", "weighted"):
+        out[f"precision_{avg}"] = skm.precision_score(y, pred, average=avg, labels=labels, zero_division=0)
+        out[f"recall_{avg}"] = skm.recall_score(y, pred, average=avg, labels=labels, zero_division=0)
+        out[f"f1_{avg}"] = skm.f1_score(y, pred, average=avg, labels=labels, zero_division=0)
+    return y, pred, out
+
+
+def test_metrics_json_agrees_with_sklearn(tmp_path):
+    run = fake_run(tmp_path)
+    write_reports(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    preds = pd.read_csv(run / "predictions.csv", keep_default_na=False)
+    for split in ("val", "test"):
+        _, _, expected = sk_metrics(preds[preds["split"] == split])
+        for key, value in expected.items():
+            assert metrics[split][key] == pytest.approx(value, abs=1e-6), (split, key)
+    assert metrics["primary_split"] == "test"
+
+
+def test_per_class_and_confusion_matrix(tmp_path):
+    run = fake_run(tmp_path, seed=3)
+    write_reports(run)
+    preds = pd.read_csv(run / "predictions.csv", keep_default_na=False)
+    test = preds[preds["split"] == "test"]
+    y, pred, _ = sk_metrics(test)
+
+    per_class = pd.read_csv(run / "per_class.csv", keep_default_na=False, dtype={"class": str})
+    rows = per_class[per_class["split"] == "test"]
+    assert rows["class"].tolist() == CLASSES
+    p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=range(4), zero_division=0)
+    np.testing.assert_allclose(rows["precision"], p, atol=1e-6)
+    np.testing.assert_allclose(rows["recall"], r, atol=1e-6)
+    np.testing.assert_allclose(rows["f1"], f, atol=1e-6)
+    assert rows["support"].tolist() == s.tolist()
+    np.testing.assert_allclose(rows["accuracy"], r, atol=1e-6)  # share of each class got right
+
+    cm = pd.read_csv(run / "confusion_matrix.csv", index_col=0)
+    assert [str(c) for c in cm.columns] == CLASSES and [str(i) for i in cm.index] == CLASSES
+    np.testing.assert_array_equal(cm.to_numpy(), skm.confusion_matrix(y, pred, labels=range(4)))
+    norm = pd.read_csv(run / "confusion_matrix_normalized.csv", index_col=0).to_numpy()
+    present = cm.to_numpy().sum(1) > 0
+    np.testing.assert_allclose(norm.sum(1)[present], 1.0, atol=1e-5)
+
+
+def test_plots_are_real_pngs(tmp_path):
+    run = fake_run(tmp_path)
+    write_reports(run)
+    for name in ("confusion_matrix.png", "curves.png"):
+        data = (run / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_val_only_runs_report_on_val(tmp_path):
+    run = fake_run(tmp_path, splits=(("val", 25),))
+    metrics = write_reports(run)
+    assert metrics["primary_split"] == "val" and "test" not in metrics
+    assert (run / "confusion_matrix.csv").is_file()
