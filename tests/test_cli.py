@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import FAST, write_class_folder
 from typer.testing import CliRunner
 
+from conftest import FAST, write_class_folder
 from imgclf.cli import app
 from imgclf.config import load_config
 
@@ -164,4 +164,5 @@ def test_python_dash_m_and_console_script_help():
     err = subprocess.run([sys.executable, "-m", "imgclf", "train", "--set", "data.val_splt=1"],
                          capture_output=True, text=True)
     assert err.returncode == 2 and "Traceback" not in err.stderr
-    assert err.stderr.strip() == "imgclf: error: --set: unknown key data.val_splt (did you mean data.val_split?)"
+    expected = "imgclf: error: --set: unknown key data.val_splt (did you mean data.val_split?)"
+    assert err.stderr.strip() == expected

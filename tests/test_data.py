@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-from conftest import write_class_folder
 
+from conftest import write_class_folder
 from imgclf.config import DataConfig
 from imgclf.data import load_data
 from imgclf.data.splits import split_indices
