@@ -72,3 +72,21 @@ def idx_dir(tmp_path) -> Path:
         write_idx(root / f"{prefix}-images-idx3-ubyte.gz", x)
         write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", y)
     return root
+
+
+def sklearn_metrics(rows, class_names):
+    """Recompute a split's metrics with scikit-learn from predictions.csv rows."""
+    from sklearn import metrics as skm
+
+    index = {c: i for i, c in enumerate(class_names)}
+    y = rows["true_label"].astype(str).map(index).to_numpy()
+    probs = rows[[f"prob_{c}" for c in class_names]].to_numpy()
+    pred = probs.argmax(1)
+    labels = list(range(len(class_names)))
+    out = {"accuracy": skm.accuracy_score(y, pred), "loss": skm.log_loss(y, probs, labels=labels)}
+    for avg in ("macro", "weighted"):
+        kw = dict(average=avg, labels=labels, zero_division=0)
+        out[f"precision_{avg}"] = skm.precision_score(y, pred, **kw)
+        out[f"recall_{avg}"] = skm.recall_score(y, pred, **kw)
+        out[f"f1_{avg}"] = skm.f1_score(y, pred, **kw)
+    return y, pred, out

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import FAST, write_class_folder
+from conftest import FAST, sklearn_metrics, write_class_folder
 from imgclf.cli import app
 from imgclf.config import load_config
 
@@ -62,6 +62,9 @@ def test_train_on_a_folder_writes_a_complete_run(folder_data, tmp_path):
     assert list(preds.columns) == ["split", "file", "true_label", "pred_label", "prob_ants", "prob_bees"]
     assert len(preds) == metrics["val"]["n"] == 5  # 20% of 24, stratified
     assert all((folder_data / f).is_file() for f in preds["file"])
+    _, _, expected = sklearn_metrics(preds, ["ants", "bees"])
+    for key, value in expected.items():
+        assert metrics["val"][key] == pytest.approx(value, abs=1e-6), key
 
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["status"] == "finished" and manifest["epochs"] == 2
@@ -107,7 +110,9 @@ def test_idx_source_end_to_end(idx_dir, tmp_path):
                            *set_args(FAST), "--out", str(tmp_path)))
     preds = pd.read_csv(run / "predictions.csv")
     assert (preds["split"] == "test").sum() == 15
-    assert json.loads((run / "metrics.json").read_text())["primary_split"] == "test"
+    assert set(json.loads((run / "metrics.json").read_text())) == {"val", "test"}
+    cm = pd.read_csv(run / "confusion_matrix.csv", index_col=0)
+    assert cm.to_numpy().sum() == 15  # the confusion matrix shows the test split
 
 
 def test_corrupt_images_are_listed_in_the_run(folder_data, tmp_path):
@@ -166,3 +171,42 @@ def test_python_dash_m_and_console_script_help():
     assert err.returncode == 2 and "Traceback" not in err.stderr
     expected = "imgclf: error: --set: unknown key data.val_splt (did you mean data.val_split?)"
     assert err.stderr.strip() == expected
+
+
+def test_weights_from_a_previous_run(tmp_path):
+    import keras
+    import numpy as np
+
+    from imgclf.training.trainer import build_model, prepare
+
+    base = ["model.filters=[8]", "model.dense_units=8", "train.verbose=0", "train.epochs=1"]
+    first = run_dir_of(train(*set_args(base), "--out", str(tmp_path)))
+    prep = prepare(load_config(None, [*base, f"model.weights={first}"]))
+    model = build_model(prep)
+    saved = keras.models.load_model(first / "model.keras")
+    for a, b in zip(model.get_weights(), saved.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # weights that do not fit the model: one line, exit 2, no run directory
+    out = tmp_path / "second"
+    result = train(*set_args(base), "--set", "model.filters=[16]", "--set", f"model.weights={first}",
+                   "--out", str(out))
+    assert result.exit_code == 2 and "does not fit this model" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("weights, message", [("imagenet", "no pretrained weights"),
+                                              ("/no/such.weights.h5", "no such file")])
+def test_weights_errors(weights, message):
+    result = train("--set", f"model.weights={weights}")
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_recipe_settings_reach_the_model():
+    from imgclf.training.trainer import build_model, prepare
+
+    cfg = load_config(None, ["train.loss.label_smoothing=0.1", "train.optimizer.lr=0.01",
+                             "data.image_size=12", "data.channels=3"])
+    model = build_model(prepare(cfg))
+    assert model.loss.label_smoothing == pytest.approx(0.1)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.01)
+    assert tuple(model.input_shape) == (None, 12, 12, 3)

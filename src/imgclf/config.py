@@ -37,6 +37,11 @@ class DataConfig(Section):
     shuffle_buffer: PositiveInt = 10_000
     class_names: list[str] | None = None
 
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square(cls, v):
+        return [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
+
     @field_validator("image_size")
     @classmethod
     def _two_sides(cls, v):

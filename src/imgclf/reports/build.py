@@ -19,12 +19,17 @@ from imgclf.reports.plots import plot_confusion, plot_curves
 from imgclf.runs import atomic_path, read_json, write_json
 
 
-def read_predictions(run_dir: Path, class_names: list[str]) -> pd.DataFrame:
+def read_predictions(run_dir: Path) -> pd.DataFrame:
     # labels are class names: keep them strings even when they look like numbers
     return pd.read_csv(
         run_dir / "predictions.csv", dtype={"true_label": str, "pred_label": str, "file": str},
         keep_default_na=False,
     )
+
+
+def primary_split(splits) -> str:
+    """The split the confusion matrix shows: test when there is one, else val."""
+    return "test" if "test" in splits else "val"
 
 
 def _write_csv(df: pd.DataFrame, path: Path, **kw) -> None:
@@ -35,7 +40,7 @@ def _write_csv(df: pd.DataFrame, path: Path, **kw) -> None:
 def write_reports(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     class_names = read_json(run_dir / "classes.json")
-    preds = read_predictions(run_dir, class_names)
+    preds = read_predictions(run_dir)
     cols = prob_columns(class_names)
 
     metrics: dict = {}
@@ -48,8 +53,7 @@ def write_reports(run_dir: str | Path) -> dict:
         y_pred = probs.argmax(axis=1)
         tables.append(per_class_table(y_true, y_pred, class_names).assign(split=split))
         by_split[split] = (y_true, y_pred)
-    primary = "test" if "test" in by_split else "val"
-    metrics["primary_split"] = primary
+    primary = primary_split(by_split)
     write_json(run_dir / "metrics.json", metrics)
 
     per_class = pd.concat(tables, ignore_index=True)

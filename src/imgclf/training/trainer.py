@@ -45,7 +45,8 @@ def prepare(cfg: Config) -> Prepared:
     entry = get_entry(cfg.model.name)
     check_weights_setting(cfg.model.weights, entry.pretrained)
     bundle = load_data(cfg.data, cfg.seed)
-    size = tuple(cfg.data.image_size or bundle.image_size or entry.default_size or DEFAULT_FOLDER_SIZE)
+    size = cfg.data.image_size or bundle.image_size or entry.default_size or DEFAULT_FOLDER_SIZE
+    size = tuple(size)
     channels = cfg.data.channels or entry.channels or bundle.channels
     resolved = cfg.model_copy(deep=True)
     resolved.data.image_size = list(size)
@@ -154,12 +155,17 @@ def _verbosity(setting) -> int:
 
 def train(cfg: Config, out: str | None = None, echo=print) -> Path:
     """Train one model as ``cfg`` says; returns the new run directory."""
+    import keras
+
     prep = prepare(cfg)
-    cfg = prep.cfg
-    run_dir = new_run_dir(out or cfg.output.dir, cfg.output.name or f"{cfg.model.name}-{cfg.data.source}")
+    keras.utils.set_random_seed(prep.cfg.seed)
+    model = build_model(prep)  # a model that cannot be built, or weights that do not fit,
+    cfg = prep.cfg  # fail here, before a run directory exists
+    name = cfg.output.name or f"{cfg.model.name}-{cfg.data.source}"
+    run_dir = new_run_dir(out or cfg.output.dir, name)
     manifest = Manifest(run_dir, "train")
     try:
-        return _train_in(run_dir, prep, manifest, echo)
+        return _train_in(run_dir, prep, model, manifest, echo)
     except KeyboardInterrupt:
         manifest.close("interrupted")
         echo(f"interrupted; what finished is in {run_dir}")
@@ -169,7 +175,7 @@ def train(cfg: Config, out: str | None = None, echo=print) -> Path:
         raise
 
 
-def _train_in(run_dir: Path, prep: Prepared, manifest: Manifest, echo) -> Path:
+def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo) -> Path:
     import keras
 
     from imgclf.training.callbacks import BestModel, HistoryCSV, resolve_mode
@@ -178,16 +184,15 @@ def _train_in(run_dir: Path, prep: Prepared, manifest: Manifest, echo) -> Path:
     write_text(run_dir / "config.yaml", dump_yaml(cfg))
     write_json(run_dir / "classes.json", bundle.class_names)
     if bundle.bad_files:
-        write_text(run_dir / "bad_files.txt", "".join(f"{p}\t{r}\n" for p, r in bundle.bad_files))
-        echo(f"skipped {len(bundle.bad_files)} unreadable file(s), listed in {run_dir / 'bad_files.txt'}:")
+        listing = run_dir / "bad_files.txt"
+        write_text(listing, "".join(f"{p}\t{r}\n" for p, r in bundle.bad_files))
+        echo(f"skipped {len(bundle.bad_files)} unreadable file(s), listed in {listing}:")
         for p, r in bundle.bad_files[:5]:
             echo(f"  {p}: {r}")
     echo(f"data: {cfg.data.source} {bundle.summary()}; images {prep.image_size[0]}x"
          f"{prep.image_size[1]}x{prep.channels}")
 
-    keras.utils.set_random_seed(cfg.seed)
     data = datasets(prep)
-    model = build_model(prep)
     params = int(model.count_params())
     echo(f"model: {cfg.model.name}, {params:,} parameters")
     manifest.update(model=cfg.model.name, params=params, classes=bundle.num_classes,
