@@ -16,7 +16,7 @@ from imgclf.reports.metrics import (
     split_metrics,
 )
 from imgclf.reports.plots import plot_confusion, plot_curves
-from imgclf.runs import atomic_path, read_json, write_json
+from imgclf.runs import MANIFEST, atomic_path, read_json, write_json
 
 
 def read_predictions(run_dir: Path) -> pd.DataFrame:
@@ -74,6 +74,8 @@ def write_reports(run_dir: str | Path) -> dict:
     history_path = run_dir / "history.csv"
     if history_path.exists():
         history = pd.read_csv(history_path)
+        manifest = run_dir / MANIFEST
+        best = read_json(manifest).get("best_epoch") if manifest.exists() else None
         if len(history):
-            plot_curves(history, run_dir / "curves.png", title=run_dir.name)
+            plot_curves(history, run_dir / "curves.png", title=run_dir.name, best_epoch=best)
     return metrics

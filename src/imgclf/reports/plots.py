@@ -20,14 +20,17 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(history: pd.DataFrame, path: Path, title: str = "") -> None:
-    """Loss and accuracy against epoch, train and validation side by side."""
+def plot_curves(history: pd.DataFrame, path: Path, title: str = "", best_epoch: int | None = None) -> None:
+    """Loss and accuracy against epoch, train and validation side by side; a dashed line
+    marks the best epoch, whose weights the run saved."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for col, style in ((metric, "-o"), (f"val_{metric}", "-s")):
             if col in history:
                 label = "val" if col.startswith("val_") else "train"
                 ax.plot(history["epoch"], history[col], style, ms=3, label=label)
+        if best_epoch:
+            ax.axvline(best_epoch, color="gray", ls="--", lw=1, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

@@ -214,14 +214,15 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo) ->
     train_time = time.perf_counter() - t0
     epochs_run = len(history.history.get("loss", []))
 
+    manifest.update(epochs=epochs_run, best_epoch=best.best_epoch, monitor=es.monitor,
+                    best_value=best.best if best.best_epoch else None,
+                    train_time_s=round(train_time, 3))
     # the best epoch's weights are back in the model; save them as the run's model
     with atomic_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
     write_predictions(model, data, bundle, run_dir / "predictions.csv")
     metrics = write_reports(run_dir)
-    manifest.close("finished", epochs=epochs_run, best_epoch=best.best_epoch,
-                   monitor=es.monitor,
-                   best_value=best.best if best.best_epoch else None, train_time_s=round(train_time, 3))
+    manifest.close("finished")
 
     parts = [f"{s} accuracy {metrics[s]['accuracy']:.4f}" for s in ("val", "test") if s in metrics]
     echo(f"done in {train_time:.1f}s, {epochs_run} epochs (best {best.best_epoch}): " + ", ".join(parts))
