@@ -166,6 +166,9 @@ def test_config_command_prints_the_resolved_config():
 def test_python_dash_m_and_console_script_help():
     out = subprocess.run([sys.executable, "-m", "imgclf", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout
+    script = Path(sys.executable).parent / "imgclf"  # installed beside the interpreter
+    out = subprocess.run([str(script), "models"], capture_output=True, text=True)
+    assert out.returncode == 0 and "simple_cnn" in out.stdout and out.stderr == ""
     err = subprocess.run([sys.executable, "-m", "imgclf", "train", "--set", "data.val_splt=1"],
                          capture_output=True, text=True)
     assert err.returncode == 2 and "Traceback" not in err.stderr
@@ -210,3 +213,11 @@ def test_recipe_settings_reach_the_model():
     assert model.loss.label_smoothing == pytest.approx(0.1)
     assert float(model.optimizer.learning_rate) == pytest.approx(0.01)
     assert tuple(model.input_shape) == (None, 12, 12, 3)
+
+
+def test_divergence_from_the_start_is_one_line(tmp_path):
+    result = train(*set_args(FAST), "--set", "train.optimizer.lr=1e30", "--out", str(tmp_path))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("imgclf: error: training diverged")
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"

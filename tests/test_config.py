@@ -38,6 +38,22 @@ def test_shipped_configs_validate(path):
     load_config(path)
 
 
+def _leaves(tree, prefix=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("path", sorted(set(CONFIGS.glob("*.yaml")) - {CONFIGS / "default.yaml"}),
+                         ids=lambda p: p.name)
+def test_shipped_experiment_configs_hold_only_differences(path):
+    defaults = dict(_leaves(Config().model_dump(mode="json")))
+    for key, value in _leaves(yaml.safe_load(path.read_text())):
+        assert value != defaults[key], f"{path.name}: {key} repeats the default {value!r}"
+
+
 def test_public_key_names_exist():
     keys = set(valid_keys())
     for key in ["seed", "data.source", "data.path", "data.val_split", "data.holdout_last_n",
@@ -145,3 +161,17 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["augment=[{name: flip}, {name: zoom, factor: 0.2}]", "seed=3"])
     again = load_config(write(tmp_path, dump_yaml(cfg)))
     assert again == cfg
+
+
+@pytest.mark.parametrize("override", ["data.batch_size=yes", "train.epochs=true",
+                                      "data.image_size=[true,5]", "train.optimizer.lr=true",
+                                      "seed=-1", "seed=4294967296"])
+def test_booleans_are_not_numbers_and_seeds_fit_32_bits(override):
+    with pytest.raises(ConfigError):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("text", ["run #2", "2024-06-01", "#best", "yes", "12"])
+def test_text_keys_take_the_text_as_written(text):
+    cfg = load_config(None, [f"output.name={text}", f"data.path=/data/{text}"])
+    assert cfg.output.name == text and cfg.data.path == f"/data/{text}"

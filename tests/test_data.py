@@ -1,5 +1,8 @@
+import gzip
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import write_class_folder
 from imgclf.config import DataConfig
@@ -97,11 +100,15 @@ def test_folder_val_class_unknown_to_train(tmp_path):
 def test_corrupt_files_are_skipped_and_listed(folder_data):
     (folder_data / "ants" / "truncated.jpg").write_bytes(
         (folder_data / "ants" / "img_001.jpg").read_bytes()[:200])
+    png = (folder_data / "ants" / "img_000.png").read_bytes()
+    (folder_data / "ants" / "cut.png").write_bytes(png[:-20])  # PIL reads it; TensorFlow not
     (folder_data / "ants" / "empty.png").write_bytes(b"")
     (folder_data / "bees" / "text.jpg").write_text("this is not a JPEG")
+    Image.new("1", (8, 8)).save(folder_data / "bees" / "onebit.bmp")  # TF reads no 1-bit BMP
     b = load_data(folder_cfg(folder_data), seed=0)
     bad = dict(b.bad_files)
-    assert set(bad) == {"ants/truncated.jpg", "ants/empty.png", "bees/text.jpg"}
+    assert set(bad) == {"ants/truncated.jpg", "ants/cut.png", "ants/empty.png", "bees/text.jpg",
+                        "bees/onebit.bmp"}
     assert bad["ants/empty.png"] == "empty file"
     everywhere = [i for s in b.splits.values() for i in s.ids]
     assert not set(bad) & set(everywhere) and len(everywhere) == 24
@@ -212,3 +219,30 @@ def test_pipeline_shuffles_training_data_by_seed():
     assert order(1).tolist() == order(1).tolist()
     assert order(1).tolist() != order(2).tolist()
     assert sorted(order(1).tolist()) == sorted(b.splits["train"].y.tolist())
+
+
+def test_empty_val_folder_falls_back_to_val_split(tmp_path):
+    write_class_folder(tmp_path / "d" / "train", {"a": 10, "b": 10})
+    (tmp_path / "d" / "val" / "a").mkdir(parents=True)
+    b = load_data(folder_cfg(tmp_path / "d", val_split=0.2), seed=0)
+    assert len(b.splits["val"]) == 4 and len(b.splits["train"]) == 16
+
+
+def test_npz_whole_float_labels_are_accepted_and_empty_arrays_refused(tmp_path):
+    path = tmp_path / "f.npz"
+    np.savez(path, x_train=np.zeros((10, 4, 4), np.uint8), y_train=(np.arange(10) % 2).astype("float32"))
+    b = load_data(DataConfig(source="npz", path=str(path), val_split=0.2), seed=0)
+    assert b.splits["train"].y.dtype == np.int64
+    np.savez(path, x_train=np.zeros((10, 4, 4), np.uint8), y_train=np.arange(10) * 0.5)
+    with pytest.raises(DataError, match="whole numbers"):
+        load_data(DataConfig(source="npz", path=str(path)), seed=0)
+    np.savez(path, x_train=np.zeros((0, 4, 4), np.uint8), y_train=np.zeros(0, np.int64))
+    with pytest.raises(DataError, match="no images"):
+        load_data(DataConfig(source="npz", path=str(path)), seed=0)
+
+
+def test_corrupt_idx_file(idx_dir):
+    target = idx_dir / "train-labels-idx1-ubyte.gz"
+    target.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00" * 50)[:-12] + b"garbage!")
+    with pytest.raises(DataError, match="IDX"):
+        load_data(DataConfig(source="idx", path=str(idx_dir)), seed=0)

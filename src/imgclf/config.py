@@ -11,11 +11,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from imgclf.errors import ConfigError
 
-PositiveInt = Annotated[int, Field(gt=0)]
+
+def _not_bool(value):
+    # Python counts True as 1: without this, `epochs: yes` would train for one epoch
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+PositiveInt = Annotated[Int, Field(gt=0)]
 Activation = Literal["relu", "leaky_relu", "mish", "gelu", "swish", "elu", "tanh"]
 
 
@@ -27,11 +37,11 @@ class Section(BaseModel):
 class DataConfig(Section):
     source: Literal["digits", "folder", "idx", "npz"] = "digits"
     path: str | None = None
-    val_split: float = Field(0.2, ge=0.0, lt=1.0)
-    test_split: float = Field(0.0, ge=0.0, lt=1.0)
-    holdout_last_n: int = Field(0, ge=0)
+    val_split: Float = Field(0.2, ge=0.0, lt=1.0)
+    test_split: Float = Field(0.0, ge=0.0, lt=1.0)
+    holdout_last_n: Int = Field(0, ge=0)
     image_size: list[PositiveInt] | None = None
-    channels: Literal[1, 3] | None = None
+    channels: Annotated[Literal[1, 3], BeforeValidator(_not_bool)] | None = None
     batch_size: PositiveInt = 32
     cache: bool = True
     shuffle_buffer: PositiveInt = 10_000
@@ -60,32 +70,32 @@ class ModelConfig(Section):
     padding: Literal["same", "valid"] = "same"
     batch_norm: bool = True
     pooling: Literal["max", "avg", "none"] = "max"
-    conv_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    conv_dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     hidden_units: list[PositiveInt] = Field(default_factory=lambda: [256, 128])
-    dense_units: int = Field(128, ge=0)
+    dense_units: Int = Field(128, ge=0)
     activation: Activation = "relu"
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    dropout: Float = Field(0.3, ge=0.0, lt=1.0)
 
 
 # -------------------------------------------------------------------------- train
 class OptimizerConfig(Section):
     name: Literal["adam"] = "adam"
-    lr: float = Field(1e-3, gt=0.0)
-    beta_1: float = Field(0.9, ge=0.0, lt=1.0)
-    beta_2: float = Field(0.999, ge=0.0, lt=1.0)
-    epsilon: float = Field(1e-7, gt=0.0)
+    lr: Float = Field(1e-3, gt=0.0)
+    beta_1: Float = Field(0.9, ge=0.0, lt=1.0)
+    beta_2: Float = Field(0.999, ge=0.0, lt=1.0)
+    epsilon: Float = Field(1e-7, gt=0.0)
 
 
 class LossConfig(Section):
     name: Literal["crossentropy"] = "crossentropy"
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class EarlyStoppingConfig(Section):
     enabled: bool = True
     monitor: str = "val_loss"
-    patience: int = Field(5, ge=0)
-    min_delta: float = Field(0.0, ge=0.0)
+    patience: Int = Field(5, ge=0)
+    min_delta: Float = Field(0.0, ge=0.0)
     mode: Literal["auto", "min", "max"] = "auto"
 
 
@@ -94,7 +104,7 @@ class TrainConfig(Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
-    verbose: Literal["auto", 0, 1, 2] = "auto"
+    verbose: Annotated[Literal["auto", 0, 1, 2], BeforeValidator(_not_bool)] = "auto"
 
 
 # ------------------------------------------------------------------------ augment
@@ -105,22 +115,22 @@ class FlipStep(Section):
 
 class RotationStep(Section):
     name: Literal["rotation"]
-    factor: float = Field(0.1, gt=0.0, le=1.0)
+    factor: Float = Field(0.1, gt=0.0, le=1.0)
 
 
 class ZoomStep(Section):
     name: Literal["zoom"]
-    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    factor: Float = Field(0.1, gt=0.0, lt=1.0)
 
 
 class TranslationStep(Section):
     name: Literal["translation"]
-    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    factor: Float = Field(0.1, gt=0.0, lt=1.0)
 
 
 class ContrastStep(Section):
     name: Literal["contrast"]
-    factor: float = Field(0.1, gt=0.0, le=1.0)
+    factor: Float = Field(0.1, gt=0.0, le=1.0)
 
 
 AugmentStep = Annotated[
@@ -140,7 +150,7 @@ class OutputConfig(Section):
 
 
 class Config(Section):
-    seed: int = 42
+    seed: Int = Field(42, ge=0, lt=2**32)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -273,19 +283,33 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _is_text_key(parts: list[str]) -> bool:
+    """True when the key at ``parts`` holds a string (``data.path``, ``output.name``)."""
+    model: type[BaseModel] | None = Config
+    for part in parts[:-1]:
+        field = model.model_fields.get(part) if model else None
+        model = _section_of(field.annotation) if field else None
+    field = model.model_fields.get(parts[-1]) if model else None
+    return field is not None and field.annotation in (str, str | None)
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``train.epochs=5`` -> (["train", "epochs"], 5). Values are parsed as YAML, never eval'd."""
+    """``train.epochs=5`` -> (["train", "epochs"], 5). Values are parsed as YAML, never eval'd;
+    a string-typed key takes the text as it is (``output.name=run #2``, ``2024-06-01``)."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected section.key=value")
     key, _, text = item.partition("=")
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
+    parts = key.strip().split(".")
+    if not all(parts):
         raise ConfigError(f"--set {item!r}: expected section.key=value")
+    if _is_text_key(parts):
+        text = text.strip()
+        return parts, None if text in ("", "null", "~") else text
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
-        value = text  # a plain string such as a path with a colon
-    return key.split("."), value
+        value = text  # not YAML: let validation say what the key expects
+    return parts, value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -20,3 +20,7 @@ class DataError(ImgclfError):
 
 class ModelError(ImgclfError):
     """Unknown model name or a model that cannot be built with the given settings."""
+
+
+class TrainingError(ImgclfError):
+    """Training cannot produce a usable model, e.g. the loss diverged from the start."""

@@ -14,12 +14,17 @@ from imgclf.data.sources import Split
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def decode_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """Read one JPEG/PNG/GIF/BMP file as a uint8 RGB image of ``size``."""
+def decode_file(path: tf.Tensor) -> tf.Tensor:
+    """Read one JPEG/PNG/GIF/BMP file as a uint8 RGB image (a GIF's first frame)."""
     raw = tf.io.read_file(path)
     img = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
     img.set_shape([None, None, 3])
-    img = tf.image.resize(img, size, method="bilinear", antialias=True)
+    return img
+
+
+def decode_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Read one image file as a uint8 RGB image of ``size``."""
+    img = tf.image.resize(decode_file(path), size, method="bilinear", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
 
 

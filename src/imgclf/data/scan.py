@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
-# What TensorFlow's decode_image reads; anything else is reported as a bad file.
-DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP", "MPO"}
 
 
 def is_hidden(name: str) -> bool:
@@ -33,30 +30,37 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def check_image(path: Path) -> str | None:
-    """None when the file decodes, else a short reason."""
-    from PIL import Image, UnidentifiedImageError
+def check_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Split ``paths`` into (decodable, [(path, reason)]), keeping the order.
 
+    Every file goes through the training pipeline's own TensorFlow decoder, in parallel
+    (tf.data), so a file that passes here cannot fail mid-epoch; the few that fail are
+    decoded once more on their own to learn why.
+    """
+    if not paths:
+        return [], []
+    from imgclf._tf import import_tensorflow
+
+    tf = import_tensorflow()
+    from imgclf.data.pipeline import decode_file
+
+    names = tf.constant([str(p) for p in paths])
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), names))
+    ds = ds.map(lambda i, p: (i, tf.shape(decode_file(p))[0]),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.ignore_errors().batch(4096)
+    ok = {int(i) for batch, _ in ds.as_numpy_iterator() for i in batch}
+    good = [p for i, p in enumerate(paths) if i in ok]
+    bad = [(p, _why(p, decode_file, tf)) for i, p in enumerate(paths) if i not in ok]
+    return good, bad
+
+
+def _why(path: Path, decode_file, tf) -> str:
     try:
         if path.stat().st_size == 0:
             return "empty file"
-        with Image.open(path) as im:
-            if im.format not in DECODABLE_FORMATS:
-                return f"unsupported format {im.format}"
-            im.draft("RGB", (64, 64))  # JPEG: decode at reduced scale, still reads every byte
-            im.load()
-    except UnidentifiedImageError:
-        return "not an image"
-    except (OSError, ValueError, SyntaxError) as exc:
-        return " ".join(str(exc).split()) or type(exc).__name__
-    return None
-
-
-def check_images(paths: list[Path], workers: int | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Split ``paths`` into (readable, [(path, reason)]) keeping the order."""
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(check_image, paths))
-    good = [p for p, r in zip(paths, reasons) if r is None]
-    bad = [(p, r) for p, r in zip(paths, reasons) if r is not None]
-    return good, bad
+        decode_file(tf.constant(str(path)))
+    except (tf.errors.OpError, OSError) as exc:
+        text = getattr(exc, "message", None) or str(exc)
+        return " ".join(text.split())[:200] or type(exc).__name__
+    return "unreadable"

@@ -7,6 +7,7 @@ paths, decoded later by the tf.data pipeline. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import gzip
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,8 @@ class DataBundle:
 # ------------------------------------------------------------------------ helpers
 def _as_nhwc(x: np.ndarray, what: str) -> np.ndarray:
     x = np.asarray(x)
+    if x.size == 0:
+        raise DataError(f"{what}: holds no images (shape {x.shape})")
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
@@ -76,8 +79,11 @@ def _as_nhwc(x: np.ndarray, what: str) -> np.ndarray:
 
 def _labels(y: np.ndarray, what: str) -> np.ndarray:
     y = np.asarray(y).reshape(-1)
-    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0):
-        raise DataError(f"{what}: labels must be non-negative integers, got dtype {y.dtype}")
+    whole = np.issubdtype(y.dtype, np.integer) or (
+        np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+    )
+    if not whole or (y.size and y.min() < 0):
+        raise DataError(f"{what}: labels must be non-negative whole numbers (dtype {y.dtype})")
     return y.astype(np.int64)
 
 
@@ -142,7 +148,7 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file")
@@ -224,7 +230,9 @@ def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
     _need_two_classes(len(classes), str(tops["train"]))
     for name in ("val", "test"):
         if name in tops:
-            per_split[name] = _class_files(tops[name], classes)
+            found = _class_files(tops[name], classes)
+            if any(found.values()):  # an empty val/ or test/ counts as absent
+                per_split[name] = found
 
     # check every file once; skip and list the ones that do not decode
     everything = [p for files in per_split.values() for fl in files.values() for p in fl]

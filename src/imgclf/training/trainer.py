@@ -16,7 +16,7 @@ import pandas as pd
 
 from imgclf.config import Config, dump_yaml
 from imgclf.data import DataBundle, load_data
-from imgclf.errors import ConfigError, ModelError
+from imgclf.errors import ConfigError, ModelError, TrainingError
 from imgclf.reports import write_reports
 from imgclf.reports.metrics import prob_columns
 from imgclf.runs import Manifest, atomic_path, new_run_dir, write_json, write_text
@@ -212,7 +212,17 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo) ->
                         callbacks=callbacks, verbose=_verbosity(cfg.train.verbose),
                         shuffle=False)  # the pipeline shuffles, with the seed
     train_time = time.perf_counter() - t0
-    epochs_run = len(history.history.get("loss", []))
+    losses = history.history.get("loss", [])
+    epochs_run = len(losses)
+    if losses and not np.isfinite(losses[-1]):
+        if best.best_epoch is None:
+            raise TrainingError(
+                f"training diverged (loss {losses[-1]} in epoch {epochs_run}) before any epoch "
+                f"finished with a finite {es.monitor}: lower train.optimizer.lr "
+                f"(now {cfg.train.optimizer.lr:g})"
+            )
+        echo(f"warning: training diverged in epoch {epochs_run} (loss {losses[-1]}); "
+             f"keeping epoch {best.best_epoch}, the best before it")
 
     manifest.update(epochs=epochs_run, best_epoch=best.best_epoch, monitor=es.monitor,
                     best_value=best.best if best.best_epoch else None,
