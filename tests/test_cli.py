@@ -221,3 +221,29 @@ def test_divergence_from_the_start_is_one_line(tmp_path):
     assert result.output.strip().splitlines()[-1].startswith("imgclf: error: training diverged")
     (run,) = tmp_path.iterdir()
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
+
+
+def test_sigterm_marks_the_run_interrupted_and_keeps_what_finished(tmp_path):
+    import signal
+    import time
+
+    cmd = [str(Path(sys.executable).parent / "imgclf"), "train", "--set", "train.epochs=500",
+           "--set", "train.early_stopping.enabled=false", "--set", "train.verbose=2",
+           "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300  # a guard against hanging, not a speed target
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = list(tmp_path.iterdir())
+            if runs and (runs[0] / "history.csv").exists():
+                break
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert len(pd.read_csv(run / "history.csv")) >= 1 and (run / "model.keras").is_file()
+    assert "interrupted" in err and "Traceback" not in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +17,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Image-classification experiments with Keras 3 on TensorFlow, from one YAML file.",
 )
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) ends a run the way Ctrl-C does: the run is
+    marked interrupted, and what finished (history, the best model) stays."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _fail(exc: ImgclfError) -> None:
@@ -38,6 +49,7 @@ def train(
     """Train a model; the last line printed is the new run directory."""
     from imgclf.config import load_config
 
+    _terminate_like_ctrl_c()
     try:
         cfg = load_config(config, set_)  # config errors come before TensorFlow's slow import
         import_tensorflow()
@@ -47,6 +59,7 @@ def train(
     except ImgclfError as exc:
         _fail(exc)
     except KeyboardInterrupt:
+        typer.echo("imgclf: interrupted", err=True)
         raise typer.Exit(130) from None
     typer.echo(str(run_dir))
 
