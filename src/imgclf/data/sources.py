@@ -1,7 +1,8 @@
 """Data sources: each returns a DataBundle of train / val / test splits with class names.
 
-Array sources (digits, idx, npz) hold uint8 images in memory; the folder source holds file
-paths, decoded later by the tf.data pipeline. Nothing here imports TensorFlow.
+Array sources (digits, idx, npz) hold uint8 images in memory and never import TensorFlow;
+the folder source holds file paths, checked once with TensorFlow's decoder (data/scan.py)
+and decoded again by the tf.data pipeline.
 """
 
 from __future__ import annotations
