@@ -30,3 +30,23 @@ def test_folder_config_on_real_photos(tmp_path):
     assert preds["file"].str.startswith("val/").all()
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["val"]["accuracy"] <= 1.0 and metrics["val"]["n"] == 153
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="apt-get install dataset-fashion-mnist provides it")
+def test_fashion_mnist_idx_config(tmp_path):
+    result = CliRunner().invoke(app, [
+        "train", "--config", str(ROOT / "configs/fashion_mnist.yaml"), "--set", "train.epochs=1",
+        "--set", "model.filters=[16,32]", "--set", "train.verbose=0", "--out", str(tmp_path),
+    ])
+    assert result.exit_code == 0, result.output
+    run = Path(result.output.strip().splitlines()[-1])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 10_000 and metrics["val"]["n"] == 6_000
+    assert metrics["test"]["accuracy"] > 0.7  # one epoch; chance is 0.1
+    preds = pd.read_csv(run / "predictions.csv")
+    assert "prob_Ankle boot" in preds.columns
