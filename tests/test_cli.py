@@ -247,3 +247,12 @@ def test_sigterm_marks_the_run_interrupted_and_keeps_what_finished(tmp_path):
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     assert len(pd.read_csv(run / "history.csv")) >= 1 and (run / "model.keras").is_file()
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_output_directory_that_cannot_be_made(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the runs folder should go")
+    result = train(*set_args(FAST), "--out", str(blocker / "runs"))
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1
+    assert lines[0].startswith("imgclf: error: cannot create output directory")
