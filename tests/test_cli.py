@@ -235,7 +235,7 @@ def test_sigterm_marks_the_run_interrupted_and_keeps_what_finished(tmp_path):
         deadline = time.monotonic() + 300  # a guard against hanging, not a speed target
         while time.monotonic() < deadline and proc.poll() is None:
             runs = list(tmp_path.iterdir())
-            if runs and (runs[0] / "history.csv").exists():
+            if runs and (runs[0] / "model.keras").exists():  # a first epoch fully saved
                 break
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
