@@ -30,15 +30,15 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def check_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Split ``paths`` into (decodable, [(path, reason)]), keeping the order.
+def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
+    """The files among ``paths`` that do not decode, as (path, reason), in order.
 
     Every file goes through the training pipeline's own TensorFlow decoder, in parallel
     (tf.data), so a file that passes here cannot fail mid-epoch; the few that fail are
     decoded once more on their own to learn why.
     """
     if not paths:
-        return [], []
+        return []
     from imgclf._tf import import_tensorflow
 
     tf = import_tensorflow()
@@ -50,9 +50,7 @@ def check_images(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.ignore_errors().batch(4096)
     ok = {int(i) for batch, _ in ds.as_numpy_iterator() for i in batch}
-    good = [p for i, p in enumerate(paths) if i in ok]
-    bad = [(p, _why(p, decode_file, tf)) for i, p in enumerate(paths) if i not in ok]
-    return good, bad
+    return [(p, _why(p, decode_file, tf)) for i, p in enumerate(paths) if i not in ok]
 
 
 def _why(path: Path, decode_file, tf) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.config import DataConfig
-from imgclf.data.scan import check_images, find_images, visible_subdirs
+from imgclf.data.scan import find_images, unreadable_images, visible_subdirs
 from imgclf.data.splits import split_indices
 from imgclf.errors import ConfigError, DataError
 
@@ -237,7 +237,7 @@ def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
 
     # check every file once; skip and list the ones that do not decode
     everything = [p for files in per_split.values() for fl in files.values() for p in fl]
-    _, bad = check_images(everything)
+    bad = unreadable_images(everything)
     bad_set = {p for p, _ in bad}
 
     splits: dict[str, Split] = {}

@@ -27,11 +27,6 @@ def read_predictions(run_dir: Path) -> pd.DataFrame:
     )
 
 
-def primary_split(splits) -> str:
-    """The split the confusion matrix shows: test when there is one, else val."""
-    return "test" if "test" in splits else "val"
-
-
 def _write_csv(df: pd.DataFrame, path: Path, **kw) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, **kw)
@@ -53,7 +48,7 @@ def write_reports(run_dir: str | Path) -> dict:
         y_pred = probs.argmax(axis=1)
         tables.append(per_class_table(y_true, y_pred, class_names).assign(split=split))
         by_split[split] = (y_true, y_pred)
-    primary = primary_split(by_split)
+    primary = "test" if "test" in by_split else "val"  # what the confusion matrix shows
     write_json(run_dir / "metrics.json", metrics)
 
     per_class = pd.concat(tables, ignore_index=True)

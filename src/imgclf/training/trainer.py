@@ -158,9 +158,10 @@ def train(cfg: Config, out: str | None = None, echo=print) -> Path:
     import keras
 
     prep = prepare(cfg)
-    keras.utils.set_random_seed(prep.cfg.seed)
-    model = build_model(prep)  # a model that cannot be built, or weights that do not fit,
-    cfg = prep.cfg  # fail here, before a run directory exists
+    cfg = prep.cfg
+    keras.utils.set_random_seed(cfg.seed)
+    # a model that cannot be built, or weights that do not fit, fail before a run directory exists
+    model = build_model(prep)
     name = cfg.output.name or f"{cfg.model.name}-{cfg.data.source}"
     run_dir = new_run_dir(out or cfg.output.dir, name)
     manifest = Manifest(run_dir, "train")
