@@ -65,8 +65,9 @@ def train(
 
 
 @app.command()
-def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'simple*'.")) -> None:
-    """List the model registry."""
+def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'efficientnet*'.")) -> None:
+    """List the model registry: family, default input size, backbone parameters (the head
+    depends on the class count and is not counted), and whether ImageNet weights exist."""
     import_tensorflow()
     from imgclf.models.registry import get_entry, list_models
 
@@ -74,12 +75,13 @@ def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'si
     if not names:
         typer.echo(f"no model matches {pattern!r}", err=True)
         raise typer.Exit(1)
-    rows = [get_entry(n) for n in names]
-    width = max(len(n) for n in names)
-    typer.echo(f"{'name':<{width}}  {'family':<8} {'input':<9} description")
-    for e in rows:
+    width = max(len(n) for n in names + ["name"])
+    typer.echo(f"{'name':<{width}}  {'family':<12} {'input':<9} {'params':>11}  {'imagenet':<8}  description")
+    for e in (get_entry(n) for n in names):
         size = f"{e.default_size[0]}x{e.default_size[1]}" if e.default_size else "any"
-        typer.echo(f"{e.name:<{width}}  {e.family:<8} {size:<9} {e.description}")
+        params = f"{e.params:,}" if e.params is not None else "by config"
+        net = "yes" if e.pretrained else "no"
+        typer.echo(f"{e.name:<{width}}  {e.family:<12} {size:<9} {params:>11}  {net:<8}  {e.description}")
 
 
 @app.command("config")

@@ -72,6 +72,7 @@ class ModelConfig(Section):
     pooling: Literal["max", "avg", "none"] = "max"
     conv_dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     hidden_units: list[PositiveInt] = Field(default_factory=lambda: [256, 128])
+    head_batch_norm: bool = False
     dense_units: Int = Field(128, ge=0)
     activation: Activation = "relu"
     dropout: Float = Field(0.3, ge=0.0, lt=1.0)

@@ -9,7 +9,7 @@ from imgclf.models.heads import BN_MOMENTUM, activation, classifier_head, stem
 from imgclf.models.registry import ModelSpec, register_model
 
 
-@register_model(family="cnn")
+@register_model(family="cnn", block_pattern=r"^(block\d+)_")
 def simple_cnn(spec: ModelSpec) -> keras.Model:
     """Configurable conv blocks (model.filters, kernel_size, pooling, ...) and the shared head."""
     cfg = spec.cfg

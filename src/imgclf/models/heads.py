@@ -47,8 +47,10 @@ def stem(spec: ModelSpec):
 
 
 def classifier_head(x, spec: ModelSpec, pool: str = "avg", units: list[int] | None = None):
-    """The one head: pool (global average, or flatten for the MLP), optional batch norm on
-    the dense layers, dense layers with the config's activation, dropout, softmax output."""
+    """The one head: pool (global average, or flatten for the MLP), optional batch norm on the
+    pooled features (model.head_batch_norm), dense layers (model.dense_units) with the config's
+    activation and optional batch norm (model.batch_norm), dropout, softmax output. Its layers
+    are named head_* and predictions: that is how transfer learning tells head from backbone."""
     cfg = spec.cfg
     if pool == "avg":
         x = layers.GlobalAveragePooling2D(name="head_pool")(x)
@@ -56,6 +58,8 @@ def classifier_head(x, spec: ModelSpec, pool: str = "avg", units: list[int] | No
         x = layers.Flatten(name="head_flatten")(x)
     else:
         raise ValueError(f"Unknown `pool` type. Received: pool={pool}")
+    if cfg.head_batch_norm:
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="head_pool_bn")(x)
     units = [cfg.dense_units] if units is None and cfg.dense_units else (units or [])
     for i, n in enumerate(units):
         x = layers.Dense(n, use_bias=not cfg.batch_norm, name=f"head_dense{i}")(x)

@@ -30,24 +30,37 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered model: its builder and what `imgclf models` shows about it."""
+
     name: str
     family: str
     builder: Callable
     description: str
     default_size: tuple[int, int] | None = None  # None: any size
     channels: int | None = None  # None: any channel count
-    pretrained: bool = False
+    pretrained: bool = False  # ImageNet weights exist (keras.applications)
+    params: int | None = None  # backbone parameters (the head excluded); None: set by the config
+    # a regular expression whose first group names the block a backbone layer belongs to
+    # (layers that do not match stay in the block before them); phase 2 unfreezes the last N
+    block_pattern: str = r"^(block\d+)_"
+    weights_url: str | None = None  # where keras.applications downloads the ImageNet weights
+
+    @property
+    def weights_file(self) -> str | None:
+        """The file name keras.applications caches the ImageNet weights under."""
+        return self.weights_url.rsplit("/", 1)[-1] if self.weights_url else None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(family: str, default_size=None, channels=None, pretrained=False):
+def register_model(family: str, **fields):
+    """Register ``fn`` under its own name; ``fields`` are the other ModelEntry fields."""
+
     def wrap(fn: Callable) -> Callable:
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[fn.__name__] = ModelEntry(
-            name=fn.__name__, family=family, builder=fn, description=doc[0] if doc else "",
-            default_size=default_size, channels=channels, pretrained=pretrained,
+            name=fn.__name__, family=family, builder=fn, description=doc[0] if doc else "", **fields
         )
         return fn
 
@@ -56,7 +69,7 @@ def register_model(family: str, default_size=None, channels=None, pretrained=Fal
 
 def _load_families() -> None:
     # importing the family modules runs their @register_model decorators
-    from imgclf.models import cnn, mlp  # noqa: F401
+    from imgclf.models import cnn, efficientnet, inception, mlp, mobilenet, resnet, vgg  # noqa: F401
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from imgclf.config import Config, dump_yaml
 from imgclf.data import DataBundle, load_data
-from imgclf.errors import ConfigError, ModelError, TrainingError
+from imgclf.errors import ConfigError, TrainingError
 from imgclf.reports import write_reports
 from imgclf.reports.metrics import prob_columns
 from imgclf.runs import Manifest, atomic_path, new_run_dir, write_json, write_text
@@ -36,6 +36,7 @@ class Prepared:
 def prepare(cfg: Config) -> Prepared:
     """Load the data and settle everything the config leaves open; raises before any work."""
     from imgclf.models import get_entry
+    from imgclf.models.weights import check_weights
 
     es = cfg.train.early_stopping
     if es.monitor not in MONITORS:
@@ -43,7 +44,7 @@ def prepare(cfg: Config) -> Prepared:
             f"train.early_stopping.monitor: unknown metric {es.monitor!r} (known: {', '.join(MONITORS)})"
         )
     entry = get_entry(cfg.model.name)
-    check_weights_setting(cfg.model.weights, entry.pretrained)
+    check_weights(cfg.model.weights, entry)
     bundle = load_data(cfg.data, cfg.seed)
     size = cfg.data.image_size or bundle.image_size or entry.default_size or DEFAULT_FOLDER_SIZE
     size = tuple(size)
@@ -54,37 +55,11 @@ def prepare(cfg: Config) -> Prepared:
     return Prepared(resolved, bundle, size, channels)
 
 
-def check_weights_setting(weights: str | None, pretrained: bool) -> None:
-    if weights is None:
-        return
-    if weights == "imagenet" and not pretrained:
-        raise ConfigError("model.weights=imagenet: this model has no pretrained weights; use null")
-    if weights != "imagenet" and not Path(weights).exists():
-        raise ConfigError(f"model.weights: no such file or run directory: {weights}")
-
-
-def load_initial_weights(model, weights: str) -> None:
-    """Weights from a .weights.h5 / .keras file or a previous run directory (same model)."""
-    import keras
-
-    path = Path(weights)
-    if path.is_dir():
-        path = path / "model.keras"
-    try:
-        if path.suffix == ".keras":
-            source = keras.models.load_model(path, compile=False)
-            model.set_weights(source.get_weights())
-        else:
-            model.load_weights(path)
-    except (ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model.weights={weights}: does not fit this model: {first}") from None
-
-
 def build_model(prep: Prepared):
     import keras
 
     from imgclf.models import ModelSpec, create_model
+    from imgclf.models.weights import load_weights
 
     cfg = prep.cfg
     spec = ModelSpec(
@@ -95,7 +70,7 @@ def build_model(prep: Prepared):
     )
     model = create_model(cfg.model.name, spec)
     if cfg.model.weights and cfg.model.weights != "imagenet":
-        load_initial_weights(model, cfg.model.weights)
+        load_weights(model, cfg.model.weights)
     opt = cfg.train.optimizer
     model.compile(
         optimizer=keras.optimizers.Adam(
