@@ -45,17 +45,58 @@ def train(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Parent folder for the run directory (default: output.dir)."
     ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue an interrupted run in RUN_DIR from its last finished epoch.",
+        metavar="RUN_DIR",
+    ),
 ) -> None:
-    """Train a model; the last line printed is the new run directory."""
+    """Train a model; the last line printed is the run directory."""
     from imgclf.config import load_config
 
     _terminate_like_ctrl_c()
     try:
-        cfg = load_config(config, set_)  # config errors come before TensorFlow's slow import
-        import_tensorflow()
-        from imgclf.training.trainer import train as run_training
+        if resume is not None:
+            if config is not None or set_ or out is not None:
+                raise ImgclfError("--resume takes the run's own config.yaml; it cannot be combined "
+                                  "with --config, --set or --out")
+            import_tensorflow()
+            from imgclf.training.trainer import resume as resume_training
 
-        run_dir = run_training(cfg, out=str(out) if out else None, echo=typer.echo)
+            run_dir = resume_training(resume, echo=typer.echo)
+        else:
+            cfg = load_config(config, set_)  # config errors come before TensorFlow's slow import
+            import_tensorflow()
+            from imgclf.training.trainer import train as run_training
+
+            run_dir = run_training(cfg, out=str(out) if out else None, echo=typer.echo)
+    except ImgclfError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.echo("imgclf: interrupted", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(str(run_dir))
+
+
+@app.command("lr-find")
+def lr_find(
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML experiment file."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: section.key=value."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Parent folder (default: output.dir)."),
+    start_lr: float = typer.Option(1e-7, "--start-lr", help="First learning rate."),
+    end_lr: float = typer.Option(10.0, "--end-lr", help="Last learning rate."),
+    steps: int = typer.Option(200, "--steps", help="Training steps over the range."),
+) -> None:
+    """Learning-rate range test: writes lr_find.csv/.png and prints a suggested rate."""
+    from imgclf.config import load_config
+
+    _terminate_like_ctrl_c()
+    try:
+        cfg = load_config(config, set_)
+        import_tensorflow()
+        from imgclf.training.lr_find import lr_find as run_lr_find
+
+        run_dir, _ = run_lr_find(cfg, out=str(out) if out else None, start_lr=start_lr, end_lr=end_lr,
+                                 steps=steps, echo=typer.echo)
     except ImgclfError as exc:
         _fail(exc)
     except KeyboardInterrupt:
