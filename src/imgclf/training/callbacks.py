@@ -69,12 +69,13 @@ class HistoryCSV(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
+        self._lr = current_lr(self.model.optimizer)  # the rate the epoch's first step uses
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         row = {"epoch": epoch + 1, **self.extra}
         row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
-        row["lr"] = current_lr(self.model.optimizer)
+        row["lr"] = self._lr
         row["time_s"] = round(time.perf_counter() - self._t0, 3)
         self.rows = [r for r in self.rows if r["epoch"] < epoch + 1] + [row]
         self.write()
