@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tests.conftest import FAST
 from typer.testing import CliRunner
 
 from imgclf.cli import app
 from imgclf.config import load_config
-from tests.conftest import FAST
 
 runner = CliRunner()
 

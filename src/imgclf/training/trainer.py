@@ -104,7 +104,6 @@ def load_initial_weights(model, weights: str) -> None:
 
 
 def build_model(prep: Prepared):
-    import keras
 
     from imgclf.models import ModelSpec, create_model
 
@@ -301,7 +300,8 @@ def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict]):
     return callbacks, history, stateful
 
 
-def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo, state: dict | None = None) -> Path:
+def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
+              state: dict | None = None) -> Path:
     from imgclf.training.callbacks import CHECKPOINT_DIR, HistoryCSV
 
     cfg, bundle, t = prep.cfg, prep.bundle, prep.cfg.train
