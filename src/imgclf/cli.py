@@ -36,8 +36,9 @@ def _fail(exc: ImgclfError) -> None:
 
 @app.command()
 def train(
-    config: Path | None = typer.Option(
-        None, "--config", "-c", help="YAML experiment file (differences from configs/default.yaml)."
+    config: list[Path] = typer.Option(
+        [], "--config", "-c", help="YAML experiment file (differences from configs/default.yaml); "
+        "repeat to layer files, a later one winning (e.g. data + recipe).",
     ),
     set_: list[str] = typer.Option(
         [], "--set", "-s", help="Override a key: section.key=value (repeatable)."
@@ -56,7 +57,7 @@ def train(
     _terminate_like_ctrl_c()
     try:
         if resume is not None:
-            if config is not None or set_ or out is not None:
+            if config or set_ or out is not None:
                 raise ImgclfError("--resume takes the run's own config.yaml; it cannot be combined "
                                   "with --config, --set or --out")
             import_tensorflow()
@@ -79,7 +80,7 @@ def train(
 
 @app.command("lr-find")
 def lr_find(
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML experiment file."),
+    config: list[Path] = typer.Option([], "--config", "-c", help="YAML file(s), layered in order."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: section.key=value."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Parent folder (default: output.dir)."),
     start_lr: float = typer.Option(1e-7, "--start-lr", help="First learning rate."),
@@ -125,7 +126,7 @@ def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'si
 
 @app.command("config")
 def show_config(
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML experiment file."),
+    config: list[Path] = typer.Option([], "--config", "-c", help="YAML file(s), layered in order."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: section.key=value."),
 ) -> None:
     """Print the fully resolved config (defaults + file + overrides) and exit."""

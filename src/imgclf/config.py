@@ -472,15 +472,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (differences only), then --set overrides, validated once."""
+def load_config(path: str | Path | list | tuple | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file(s) in order (differences only; a later file wins), then
+    --set overrides, validated once."""
+    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
     raw: dict = {}
     origin = "config"
-    if path is not None:
-        raw = _read_yaml(Path(path))
-        origin = str(path)
+    for item in paths:
+        part = _read_yaml(Path(item))
+        _validate(part, str(item))  # each file alone first, so an error names its file
+        raw = _deep_merge(raw, part)
+        origin = " + ".join(str(p) for p in paths)
     if overrides:
-        # validate the file alone first so an error names the right origin
         _validate(raw, origin)
         raw = apply_overrides(_deep_merge({}, raw), overrides)
         origin = "--set"
