@@ -219,7 +219,6 @@ def test_steps_that_do_not_fit_the_images_fail_before_training(tmp_path, overrid
 
 
 # ------------------------------------------------------------------ end to end
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [
