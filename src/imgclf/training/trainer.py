@@ -104,15 +104,17 @@ def load_initial_weights(model, weights: str) -> None:
 
 
 def build_model(prep: Prepared):
-
+    from imgclf.data.augment import split_steps
     from imgclf.models import ModelSpec, create_model
 
     cfg = prep.cfg
+    # per-image steps go into the model only with augment_on=model; mixup/cutmix never do
+    in_model, _ = split_steps(cfg.augment, cfg.augment_on, (*prep.image_size, prep.channels))
     spec = ModelSpec(
         input_shape=(*prep.image_size, prep.channels),
         num_classes=prep.bundle.num_classes,
         cfg=cfg.model,
-        augment=tuple(cfg.augment),
+        augment=in_model,
     )
     model = create_model(cfg.model.name, spec)
     if cfg.model.weights and cfg.model.weights != "imagenet":
@@ -150,16 +152,20 @@ def compile_model(model, t: TrainConfig, steps: int, epochs: int | None = None) 
 def datasets(prep: Prepared, train_batch_size: int | None = None) -> dict:
     """One dataset per split; the training split's batch may differ from data.batch_size
     (train.batch_size_schedule), evaluation batches never change."""
+    from imgclf.data.augment import split_steps
     from imgclf.data.pipeline import make_dataset
 
     d = prep.cfg.data
+    # the training split alone gets the pipeline's steps (all of them with augment_on=pipeline,
+    # else only mixup/cutmix); validation, test and predict data are never augmented
+    _, in_pipeline = split_steps(prep.cfg.augment, prep.cfg.augment_on, (*prep.image_size, prep.channels))
     return {
         name: make_dataset(
             split, image_size=prep.image_size, channels=prep.channels,
             num_classes=prep.bundle.num_classes,
             batch_size=(train_batch_size or d.batch_size) if name == "train" else d.batch_size,
             training=name == "train", seed=prep.cfg.seed, cache=d.cache,
-            shuffle_buffer=d.shuffle_buffer,
+            shuffle_buffer=d.shuffle_buffer, augment=in_pipeline if name == "train" else (),
         )
         for name, split in prep.bundle.splits.items()
     }
