@@ -75,6 +75,8 @@ def run_context(run_dir: Path) -> Context:
     members = manifest.get("members") or []
     if cfg is None and members:  # an ensemble: the data is its first member's
         _, cfg = read_config(Path(members[0]) / "config.yaml")
+        if cfg is not None and manifest.get("data_path") and cfg.data.source != "folder":
+            cfg.data.path = manifest["data_path"]  # evaluated on other arrays than it trained on
     ctx = Context(class_names=read_json(run_dir / "classes.json"), title=run_dir.name,
                   config_text=config_text, cfg=cfg, image_root=manifest.get("data"))
     ctx.curves_png = run_dir / "curves.png"

@@ -21,11 +21,13 @@ table{border-collapse:collapse;font-size:.92em;margin:6px 0}th,td{padding:4px 12
 border-bottom:1px solid #eceff4}th{background:#f3f5f9;font-weight:600}td:first-child,th:first-child
 {text-align:left}tr:hover td{background:#f8fafc}
 .figs{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
-figure{margin:0;max-width:100%}figure img{max-width:100%;height:auto;border:1px solid #eceff4}
+figure{margin:0;max-width:100%}figure.half{flex:1 1 460px;max-width:570px}
+figure img{max-width:100%;height:auto;border:1px solid #eceff4}
 figcaption{color:#5a6577;font-size:.88em}
 pre{background:#f6f8fa;border:1px solid #e1e5eb;padding:10px 12px;border-radius:6px;font-size:.85em;
 overflow:auto;max-height:520px}.cards{display:flex;flex-wrap:wrap;gap:12px;margin:8px 0}
 .card{border:1px solid #dde2ea;border-radius:8px;padding:8px 14px;min-width:120px}
+table.facts td{text-align:left}
 .card b{display:block;font-size:1.35em}.card span{color:#5a6577;font-size:.85em}
 """
 
@@ -65,10 +67,11 @@ def _frame_table(df: pd.DataFrame) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _figure(png: Path, caption: str) -> str:
+def _figure(png: Path, caption: str, half: bool) -> str:
     if not png.exists():
         return ""
-    return (f'<figure><img src="{data_uri(png)}" alt="{html.escape(caption)}">'
+    cls = ' class="half"' if half else ""
+    return (f'<figure{cls}><img src="{data_uri(png)}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
@@ -98,12 +101,12 @@ def render(
         "</div>",
     ]
     if facts:
-        parts.append("<table>" + "".join(
+        parts.append('<table class="facts">' + "".join(
             f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items()
         ) + "</table>")
     parts += ["<h2>Metrics</h2>", _metrics_table(metrics)]
     for section, figs in figures.items():
-        blocks = "".join(_figure(p, c) for p, c in figs)
+        blocks = "".join(_figure(p, c, half=len(figs) > 1) for p, c in figs)
         if blocks:
             parts.append(f"<h2>{html.escape(section)}</h2><div class=figs>{blocks}</div>")
     parts += [f"<h2>Per class ({html.escape(primary)} split)</h2>", _frame_table(per_class)]

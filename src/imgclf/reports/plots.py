@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from imgclf.runs import atomic_path  # noqa: E402
 
@@ -32,6 +33,7 @@ def plot_curves(history: pd.DataFrame, path: Path, title: str = "", best_epoch: 
         if best_epoch:
             ax.axvline(best_epoch, color="gray", ls="--", lw=1, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -117,6 +119,7 @@ def plot_val_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
                 ax.plot(history["epoch"], history[col], "-o", ms=3, label=name)
     for ax, col in zip(axes, ("val_loss", "val_accuracy")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(col)
         ax.set_title(col)
         ax.grid(alpha=0.3)
