@@ -110,8 +110,11 @@ def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "sa
     for i, n in enumerate(names):
         echo(f"{n:<{width}}  " + "  ".join(f"{counts[s][i]:>6}" for s in counts) + f"  {total[i]:>6}")
     ratio = total.max() / max(total.min(), 1)
-    echo(f"imbalance: largest class {names[int(total.argmax())]} ({total.max()}) / smallest "
-         f"{names[int(total.argmin())]} ({total.min()}) = {ratio:.2f}")
+    if total.max() == total.min():
+        echo(f"imbalance: 1.00 (every class has {total.max()})")
+    else:
+        echo(f"imbalance: {ratio:.2f} (largest class {names[int(total.argmax())]} {total.max()}, "
+             f"smallest {names[int(total.argmin())]} {total.min()})")
 
     if bundle.kind == "files":
         files = [f for part in bundle.splits.values() for f in part.files]

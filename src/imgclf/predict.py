@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,9 @@ def _why(path: Path) -> str:
     from imgclf.data import scan
     from imgclf.data.pipeline import decode_file
 
-    return scan._why(path, decode_file, import_tensorflow())
+    why = scan._why(path, decode_file, import_tensorflow())
+    # TensorFlow wraps the decoder's message: {{function_node ...}} MESSAGE [Op:DecodeImage] name:
+    return re.sub(r"\s*\[Op:.*$", "", re.sub(r"^\{\{.*?\}\}\s*", "", why)) or why
 
 
 def predict(model_or_run, input_path, *, top_k: int | None = None, output: str | Path | None = None,

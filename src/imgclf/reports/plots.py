@@ -92,7 +92,8 @@ def plot_image_grid(images: list[np.ndarray], titles: list[str], path: Path, tit
     n = len(images)
     cols = max(1, min(cols, n))
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows + 0.4), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     if not images:
@@ -106,7 +107,6 @@ def plot_image_grid(images: list[np.ndarray], titles: list[str], path: Path, tit
         ax.set_title(text, fontsize=8, color=(colors[i] if colors else "black"))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     _save(fig, path)
 
 
