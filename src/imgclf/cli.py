@@ -152,16 +152,23 @@ def predict(
         from imgclf.predict import predict as run_predict
         from imgclf.predict import summary_line
 
-        with typer.progressbar(length=1, label="predicting", file=sys.stderr) as bar:
-            def progress(done: int) -> None:
-                bar.length = max(bar.length, done)
-                bar.update(done - bar.pos)
+        bars = []  # made once the work starts, so a bad argument prints only its error
 
-            def warn(text: str) -> None:
-                typer.echo(text, err=True)
+        def progress(done: int, total: int) -> None:
+            if not bars:
+                bars.append(typer.progressbar(length=total, label="predicting", file=sys.stderr))
+                bars[0].__enter__()
+            bars[0].update(done - bars[0].pos)
 
+        def warn(text: str) -> None:
+            typer.echo(text, err=True)
+
+        try:
             summary = run_predict(model, input_path, top_k=top_k, output=output, batch_size=batch_size,
                                   tta=tta, warn=warn, progress=progress)
+        finally:
+            if bars:
+                bars[0].__exit__(None, None, None)
     except ImgclfError as exc:
         _fail(exc)
     typer.echo(summary_line(summary), err=True)

@@ -129,8 +129,8 @@ def _why(path: Path) -> str:
 def predict(model_or_run, input_path, *, top_k: int | None = None, output: str | Path | None = None,
             batch_size: int = 64, tta: str | None = None, warn=print, progress=None,
             stdout=None) -> PredictSummary:
-    """Write one row per file (sorted) with the top-k classes, or its error; ``progress(n)``
-    is called after each batch with the number of files done."""
+    """Write one row per file (sorted) with the top-k classes, or its error; ``progress(done,
+    total)`` is called as the work starts and after each batch."""
     from imgclf.evaluate import check_tta
 
     check_tta(tta)
@@ -144,8 +144,8 @@ def predict(model_or_run, input_path, *, top_k: int | None = None, output: str |
             raise ConfigError(f"--output must end in .csv or .json. Received: output={output}")
         if not output.parent.is_dir():
             raise DataError(f"--output: folder not found: {output.parent}")
-    files, base = list_inputs(input_path)
     pred = load_predictor(model_or_run)
+    files, base = list_inputs(input_path)
     n_classes = len(pred.class_names)
     if top_k is None:
         top_k = min(DEFAULT_TOP_K, n_classes)
@@ -182,6 +182,8 @@ def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int
     names = pred.class_names
     failed = 0
     next_i = 0
+    if progress:
+        progress(0, len(files))
 
     def fail_until(stop: int) -> None:
         nonlocal next_i, failed
@@ -206,10 +208,10 @@ def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int
             rows.write(files[i].relative_to(base).as_posix(), top)
             next_i = int(i) + 1
         if progress:
-            progress(next_i)
+            progress(next_i, len(files))
     fail_until(len(files))
     if progress:
-        progress(len(files))
+        progress(len(files), len(files))
     rows.close()
     return failed
 
