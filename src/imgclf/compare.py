@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from imgclf.errors import ConfigError, DataError
 from imgclf.runs import MANIFEST, read_json
@@ -68,8 +69,6 @@ def collect(runs: list[Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], li
             warnings.append(f"warning: {run.name} is {status}, not finished ({done}): no final metrics")
         model = manifest.get("model")
         if model is None and (run / "config.yaml").exists():
-            import yaml
-
             model = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("model", {}).get("name")
         row = {
             "run": run.name, "status": status, "model": model, "params": manifest.get("params"),
