@@ -25,7 +25,7 @@ figure{margin:0;max-width:100%}figure.half{flex:1 1 460px;max-width:570px}
 figure img{max-width:100%;height:auto;border:1px solid #eceff4}
 figcaption{color:#5a6577;font-size:.88em}
 pre{background:#f6f8fa;border:1px solid #e1e5eb;padding:10px 12px;border-radius:6px;font-size:.85em;
-overflow:auto;max-height:520px}.cards{display:flex;flex-wrap:wrap;gap:12px;margin:8px 0}
+overflow:auto}.cards{display:flex;flex-wrap:wrap;gap:12px;margin:8px 0}
 .card{border:1px solid #dde2ea;border-radius:8px;padding:8px 14px;min-width:120px}
 table.facts td{text-align:left}
 .card b{display:block;font-size:1.35em}.card span{color:#5a6577;font-size:.85em}

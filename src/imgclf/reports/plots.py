@@ -70,6 +70,8 @@ def plot_roc(points: dict, class_names: list[str], path: Path, title: str) -> No
     """One-vs-rest ROC curve per class (the ten with the lowest AUC when there are more,
     the ones worth looking at) with each class's AUC in the legend."""
     fig, ax = plt.subplots(figsize=(6, 5.5))
+    if len(class_names) == 2 and 1 in points:  # two classes: one curve says it all
+        points = {1: points[1]}
     shown = sorted(points, key=lambda c: points[c][2])[:10]
     for c in sorted(shown):
         fpr, tpr, auc = points[c]
