@@ -89,4 +89,46 @@ def sklearn_metrics(rows, class_names):
         out[f"precision_{avg}"] = skm.precision_score(y, pred, **kw)
         out[f"recall_{avg}"] = skm.recall_score(y, pred, **kw)
         out[f"f1_{avg}"] = skm.f1_score(y, pred, **kw)
+    out["cohen_kappa"] = skm.cohen_kappa_score(y, pred, labels=labels)
+    k = max(1, min(5, len(class_names) - 1))
+    if len(class_names) == 2:  # scikit-learn takes the positive class's scores for two classes
+        out["top_k_accuracy"] = skm.top_k_accuracy_score(y, probs[:, 1], k=k, labels=labels)
+        out["roc_auc_ovr"] = skm.roc_auc_score(y, probs[:, 1])
+    else:
+        out["top_k_accuracy"] = skm.top_k_accuracy_score(y, probs, k=k, labels=labels)
+        out["roc_auc_ovr"] = skm.roc_auc_score(y, probs, multi_class="ovr", labels=labels)
     return y, pred, out
+
+
+# ----------------------------------------------------- trained runs, shared by the report tests
+def train_run(out: Path, *overrides: str) -> Path:
+    """Train through the CLI with FAST settings; returns the run directory."""
+    from typer.testing import CliRunner
+
+    from imgclf.cli import app
+
+    args = ["train", "--out", str(out)]
+    for o in [*FAST, *overrides]:
+        args += ["--set", o]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return Path(result.output.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def digits_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """Two finished runs on the same digits split (val and test): a CNN and an MLP."""
+    out = tmp_path_factory.mktemp("digits_runs")
+    cnn = train_run(out, "data.test_split=0.2", "output.name=cnn")
+    mlp = train_run(out, "data.test_split=0.2", "model.name=mlp", "model.hidden_units=[32]",
+                    "output.name=mlp")
+    return cnn, mlp
+
+
+@pytest.fixture(scope="session")
+def folder_run(tmp_path_factory) -> Path:
+    """A finished run on three classes of 16x16 image files (val split only)."""
+    root = tmp_path_factory.mktemp("folder_run")
+    data = write_class_folder(root / "data", {"ants": 10, "bees": 10, "wasps": 10})
+    return train_run(root / "runs", "data.source=folder", f"data.path={data}", "data.image_size=[16,16]",
+                     "data.val_split=0.4")

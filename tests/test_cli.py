@@ -211,11 +211,13 @@ def test_weights_errors(weights, message):
 
 
 def test_recipe_settings_reach_the_model():
-    from imgclf.training.trainer import build_model, prepare
+    from imgclf.training.trainer import build_model, compile_model, prepare, steps_per_epoch
 
     cfg = load_config(None, ["train.loss.label_smoothing=0.1", "train.optimizer.lr=0.01",
                              "data.image_size=12", "data.channels=3"])
-    model = build_model(prepare(cfg))
+    prep = prepare(cfg)
+    model = build_model(prep)
+    compile_model(model, prep.cfg.train, steps_per_epoch(prep))
     assert model.loss.label_smoothing == pytest.approx(0.1)
     assert float(model.optimizer.learning_rate) == pytest.approx(0.01)
     assert tuple(model.input_shape) == (None, 12, 12, 3)

@@ -26,14 +26,14 @@ def test_default_yaml_states_exactly_the_defaults():
 def test_default_yaml_comments_every_key_with_a_type():
     lines = (CONFIGS / "default.yaml").read_text().splitlines()
     keyed = [ln for ln in lines if ":" in ln and not ln.lstrip().startswith("#")]
-    sections = {"data:", "model:", "train:", "optimizer:", "loss:", "early_stopping:", "output:"}
+    sections = {"data:", "model:", "train:", "optimizer:", "schedule:", "loss:", "early_stopping:", "output:"}
     for ln in keyed:
         if ln.strip() in sections:
             continue
         assert "# (" in ln, f"undocumented key in default.yaml: {ln.strip()}"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     load_config(path)
 
@@ -46,12 +46,13 @@ def _leaves(tree, prefix=""):
             yield f"{prefix}{key}", value
 
 
-@pytest.mark.parametrize("path", sorted(set(CONFIGS.glob("*.yaml")) - {CONFIGS / "default.yaml"}),
+@pytest.mark.parametrize("path", sorted(set(CONFIGS.rglob("*.yaml")) - {CONFIGS / "default.yaml"}),
                          ids=lambda p: p.name)
 def test_shipped_experiment_configs_hold_only_differences(path):
     defaults = dict(_leaves(Config().model_dump(mode="json")))
     for key, value in _leaves(yaml.safe_load(path.read_text())):
-        assert value != defaults[key], f"{path.name}: {key} repeats the default {value!r}"
+        repeated = key in defaults and value == defaults[key]
+        assert not repeated, f"{path.name}: {key} repeats the default {value!r}"
 
 
 def test_public_key_names_exist():
@@ -175,3 +176,39 @@ def test_booleans_are_not_numbers_and_seeds_fit_32_bits(override):
 def test_text_keys_take_the_text_as_written(text):
     cfg = load_config(None, [f"output.name={text}", f"data.path=/data/{text}"])
     assert cfg.output.name == text and cfg.data.path == f"/data/{text}"
+
+
+def test_config_files_layer_in_order(tmp_path):
+    data = tmp_path / "data.yaml"
+    data.write_text("data:\n  batch_size: 16\ntrain:\n  epochs: 3\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  epochs: 9\n  schedule:\n    name: cosine\n")
+    cfg = load_config([data, recipe], ["train.schedule.warmup_epochs=1"])
+    assert cfg.data.batch_size == 16  # from the first file
+    assert cfg.train.epochs == 9  # the later file wins
+    assert (cfg.train.schedule.name, cfg.train.schedule.warmup_epochs) == ("cosine", 1.0)
+
+
+def test_an_error_in_a_layered_file_names_that_file(tmp_path):
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("train:\n  epochs: 3\n")
+    bad.write_text("train:\n  schedul: {name: cosine}\n")
+    expected = r"bad\.yaml: unknown key train\.schedul \(did you mean train\.schedule\?\)"
+    with pytest.raises(ConfigError, match=expected):
+        load_config([good, bad])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.optimizer.momentum=0.9"], "momentum does not apply to optimizer adam"),
+    (["train.schedule.name=cyclical"], "cyclical needs max_lr"),
+    (["train.schedule.name=cosine", "train.schedule.max_lr=0.1"], "max_lr does not apply to schedule cosine"),
+    (["train.schedule.name=piecewise", "train.schedule.boundaries=[2]", "train.schedule.values=[0.1]"],
+     "one more values"),
+    (["train.optimizer.name=sgd", "train.optimizer.clipnorm=1", "train.optimizer.clipvalue=1"],
+     "set one of clipnorm"),
+    (["train.loss.name=focall"], "train.loss.name"),
+    (["train.class_weight=balance"], "train.class_weight"),
+])
+def test_recipe_keys_that_do_not_fit_are_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)

@@ -36,8 +36,9 @@ def _fail(exc: ImgclfError) -> None:
 
 @app.command()
 def train(
-    config: Path | None = typer.Option(
-        None, "--config", "-c", help="YAML experiment file (differences from configs/default.yaml)."
+    config: list[Path] = typer.Option(
+        [], "--config", "-c", help="YAML experiment file (differences from configs/default.yaml); "
+        "repeat to layer files, a later one winning (e.g. data + recipe).",
     ),
     set_: list[str] = typer.Option(
         [], "--set", "-s", help="Override a key: section.key=value (repeatable)."
@@ -45,17 +46,58 @@ def train(
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Parent folder for the run directory (default: output.dir)."
     ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue an interrupted run in RUN_DIR from its last finished epoch.",
+        metavar="RUN_DIR",
+    ),
 ) -> None:
-    """Train a model; the last line printed is the new run directory."""
+    """Train a model; the last line printed is the run directory."""
     from imgclf.config import load_config
 
     _terminate_like_ctrl_c()
     try:
-        cfg = load_config(config, set_)  # config errors come before TensorFlow's slow import
-        import_tensorflow()
-        from imgclf.training.trainer import train as run_training
+        if resume is not None:
+            if config or set_ or out is not None:
+                raise ImgclfError("--resume takes the run's own config.yaml; it cannot be combined "
+                                  "with --config, --set or --out")
+            import_tensorflow()
+            from imgclf.training.trainer import resume as resume_training
 
-        run_dir = run_training(cfg, out=str(out) if out else None, echo=typer.echo)
+            run_dir = resume_training(resume, echo=typer.echo)
+        else:
+            cfg = load_config(config, set_)  # config errors come before TensorFlow's slow import
+            import_tensorflow()
+            from imgclf.training.trainer import train as run_training
+
+            run_dir = run_training(cfg, out=str(out) if out else None, echo=typer.echo)
+    except ImgclfError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.echo("imgclf: interrupted", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(str(run_dir))
+
+
+@app.command("lr-find")
+def lr_find(
+    config: list[Path] = typer.Option([], "--config", "-c", help="YAML file(s), layered in order."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: section.key=value."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Parent folder (default: output.dir)."),
+    start_lr: float = typer.Option(1e-7, "--start-lr", help="First learning rate."),
+    end_lr: float = typer.Option(10.0, "--end-lr", help="Last learning rate."),
+    steps: int = typer.Option(200, "--steps", help="Training steps over the range."),
+) -> None:
+    """Learning-rate range test: writes lr_find.csv/.png and prints a suggested rate."""
+    from imgclf.config import load_config
+
+    _terminate_like_ctrl_c()
+    try:
+        cfg = load_config(config, set_)
+        import_tensorflow()
+        from imgclf.training.lr_find import lr_find as run_lr_find
+
+        run_dir, _ = run_lr_find(cfg, out=str(out) if out else None, start_lr=start_lr, end_lr=end_lr,
+                                 steps=steps, echo=typer.echo)
     except ImgclfError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -86,7 +128,7 @@ def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'ef
 
 @app.command("config")
 def show_config(
-    config: Path | None = typer.Option(None, "--config", "-c", help="YAML experiment file."),
+    config: list[Path] = typer.Option([], "--config", "-c", help="YAML file(s), layered in order."),
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: section.key=value."),
 ) -> None:
     """Print the fully resolved config (defaults + file + overrides) and exit."""
@@ -94,6 +136,125 @@ def show_config(
 
     try:
         typer.echo(dump_yaml(load_config(config, set_)), nl=False)
+    except ImgclfError as exc:
+        _fail(exc)
+
+
+@app.command()
+def evaluate(
+    run_dirs: list[Path] = typer.Argument(..., help="A run directory (several with --ensemble)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Evaluate on this data instead: a folder of class folders (or with "
+        "train/ val/ test/), or the run's array source read from this path."),
+    split: str | None = typer.Option(None, "--split", help="val or test (default: test if there is one)."),
+    tta: str | None = typer.Option(None, "--tta", help="Test-time augmentation: flip (average with "
+                                   "the mirrored image)."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Average the probabilities of all the "
+                                  "runs given; writes a run directory of its own."),
+    name: str | None = typer.Option(None, "--name", help="Folder under RUN_DIR/eval/ (default: the split)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="With --ensemble: parent folder for "
+                                    "its run directory (default: the first run's output.dir)."),
+) -> None:
+    """Recompute metrics, plots and report.html from a saved model; the last line printed is
+    the folder written."""
+    try:
+        if split is not None and split not in ("val", "test"):
+            raise ImgclfError(f"Unknown `--split`. Received: split={split} (known: val, test)")
+        if not ensemble and len(run_dirs) != 1:
+            raise ImgclfError(f"evaluate takes one run directory (or --ensemble with several). "
+                              f"Received: {len(run_dirs)}")
+        import_tensorflow()
+        from imgclf.evaluate import evaluate_ensemble, evaluate_run
+
+        data_arg = str(data) if data else None
+        if ensemble:
+            written = evaluate_ensemble(run_dirs, data=data_arg, split=split, tta=tta,
+                                        out=str(out) if out else None, echo=typer.echo)
+        else:
+            written = evaluate_run(run_dirs[0], data=data_arg, split=split, tta=tta, name=name,
+                                   echo=typer.echo)
+    except ImgclfError as exc:
+        _fail(exc)
+    typer.echo(str(written))
+
+
+@app.command()
+def predict(
+    model: Path = typer.Argument(..., help="A run directory or a .keras model file."),
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="An image file or a folder (recursive)."),
+    top_k: int | None = typer.Option(None, "--top-k", "-k", help="Classes per row (default 3, at most "
+                                     "the model's classes)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="FILE.csv or FILE.json "
+                                       "(default: CSV on stdout)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per batch."),
+    tta: str | None = typer.Option(None, "--tta", help="Test-time augmentation: flip."),
+) -> None:
+    """Top-k classes for every image, one row per file in sorted order; a file that does not
+    decode gets a row with its error."""
+    try:
+        import_tensorflow()
+        from imgclf.predict import predict as run_predict
+        from imgclf.predict import summary_line
+
+        bars = []  # made once the work starts, so a bad argument prints only its error
+
+        def progress(done: int, total: int) -> None:
+            if not bars:
+                bars.append(typer.progressbar(length=total, label="predicting", file=sys.stderr))
+                bars[0].__enter__()
+            bars[0].update(done - bars[0].pos)
+
+        def warn(text: str) -> None:
+            typer.echo(text, err=True)
+
+        try:
+            summary = run_predict(model, input_path, top_k=top_k, output=output, batch_size=batch_size,
+                                  tta=tta, warn=warn, progress=progress)
+        finally:
+            if bars:
+                bars[0].__exit__(None, None, None)
+    except ImgclfError as exc:
+        _fail(exc)
+    typer.echo(summary_line(summary), err=True)
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories, or folders holding runs."),
+    sort: str | None = typer.Option(None, "--sort", help="Column to sort by, e.g. val_accuracy "
+                                    "(best first; losses and times ascending)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or markdown."),
+    plot: Path | None = typer.Option(None, "--plot", help="PNG overlay of the validation curves."),
+) -> None:
+    """One table of runs: model, parameters, epochs, time, val/test accuracy, loss, macro F1."""
+    from imgclf.compare import compare as run_compare
+
+    try:
+        text = run_compare(run_dirs, sort=sort, fmt=fmt, plot=str(plot) if plot else None,
+                           warn=lambda t: typer.echo(t, err=True))
+    except ImgclfError as exc:
+        _fail(exc)
+    typer.echo(text, nl=False)
+    if plot:
+        typer.echo(f"curves: {plot}", err=True)
+
+
+@app.command("inspect")
+def inspect_data(
+    target: Path = typer.Argument(..., metavar="DATA_OR_CONFIG", help="A folder of class folders, "
+                                  "an .npz file, or a config .yaml (any data source)."),
+    augment: bool = typer.Option(False, "--augment", help="Also draw the samples after the "
+                                 "config's augmentation."),
+    grid: Path = typer.Option(Path("samples.png"), "--grid", help="Where the sample grid goes "
+                              "(--augment adds <name>_augmented.png)."),
+    per_class: int = typer.Option(6, "--per-class", help="Samples per class in the grid."),
+) -> None:
+    """Class counts and imbalance, image sizes and modes, unreadable files, sample grids."""
+    try:
+        import_tensorflow()
+        from imgclf.inspect import inspect as run_inspect
+
+        run_inspect(target, augment=augment, grid=grid, per_class=per_class, echo=typer.echo)
     except ImgclfError as exc:
         _fail(exc)
 

@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from imgclf.errors import ConfigError
 
@@ -79,17 +87,139 @@ class ModelConfig(Section):
 
 
 # -------------------------------------------------------------------------- train
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "lion", "radam", "ranger")
+# which optional optimizer keys mean something to which optimizer
+OPTIMIZER_KEYS = {
+    "beta_1": ("adam", "adamw", "lion", "radam", "ranger"),
+    "beta_2": ("adam", "adamw", "lion", "radam", "ranger"),
+    "epsilon": ("adam", "adamw", "rmsprop", "radam", "ranger"),
+    "weight_decay": OPTIMIZERS,
+    "momentum": ("sgd", "rmsprop"),
+    "nesterov": ("sgd",),
+    "rho": ("rmsprop",),
+    "k": ("ranger",),
+    "alpha": ("ranger",),
+}
+
+
 class OptimizerConfig(Section):
-    name: Literal["adam"] = "adam"
+    name: Literal["adam", "adamw", "sgd", "rmsprop", "lion", "radam", "ranger"] = "adam"
     lr: Float = Field(1e-3, gt=0.0)
-    beta_1: Float = Field(0.9, ge=0.0, lt=1.0)
-    beta_2: Float = Field(0.999, ge=0.0, lt=1.0)
-    epsilon: Float = Field(1e-7, gt=0.0)
+    beta_1: Float | None = Field(None, ge=0.0, lt=1.0)
+    beta_2: Float | None = Field(None, ge=0.0, lt=1.0)
+    epsilon: Float | None = Field(None, gt=0.0)
+    weight_decay: Float | None = Field(None, ge=0.0)
+    momentum: Float | None = Field(None, ge=0.0, lt=1.0)
+    nesterov: bool | None = None
+    rho: Float | None = Field(None, gt=0.0, lt=1.0)
+    k: Int | None = Field(None, gt=0)
+    alpha: Float | None = Field(None, gt=0.0, le=1.0)
+    clipnorm: Float | None = Field(None, gt=0.0)
+    clipvalue: Float | None = Field(None, gt=0.0)
+    global_clipnorm: Float | None = Field(None, gt=0.0)
+    lr_multipliers: dict[str, Annotated[Float, Field(ge=0.0)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _keys_fit_the_optimizer(self):
+        for key, names in OPTIMIZER_KEYS.items():
+            if getattr(self, key) is not None and self.name not in names:
+                raise ValueError(
+                    f"{key} does not apply to optimizer {self.name} (it applies to {', '.join(names)})"
+                )
+        clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if getattr(self, k) is not None]
+        if len(clips) > 1:
+            raise ValueError(f"set one of clipnorm, clipvalue, global_clipnorm, not {' and '.join(clips)}")
+        return self
+
+    def params(self) -> dict:
+        """The optimizer's keyword arguments: the keys that are set, lr excluded."""
+        out = {k: v for k, v in self.model_dump(exclude={"name", "lr", "lr_multipliers"}).items()
+               if v is not None}
+        if self.lr_multipliers:
+            out["lr_multipliers"] = dict(self.lr_multipliers)
+        return out
+
+
+SCHEDULES = ("constant", "exponential", "step", "piecewise", "cosine", "cosine_restarts", "cyclical",
+             "one_cycle", "plateau")
+# which optional schedule keys mean something to which schedule
+SCHEDULE_KEYS = {
+    "decay_rate": ("exponential",),
+    "decay_steps": ("exponential",),
+    "staircase": ("exponential",),
+    "every_epochs": ("step",),
+    "factor": ("step", "plateau"),
+    "boundaries": ("piecewise",),
+    "values": ("piecewise",),
+    "warmup_epochs": ("cosine",),
+    "min_lr": ("cosine", "cosine_restarts", "plateau"),
+    "first_epochs": ("cosine_restarts",),
+    "t_mul": ("cosine_restarts",),
+    "m_mul": ("cosine_restarts",),
+    "max_lr": ("cyclical",),
+    "step_size_epochs": ("cyclical",),
+    "mode": ("cyclical",),
+    "gamma": ("cyclical",),
+    "pct_start": ("one_cycle",),
+    "div_factor": ("one_cycle",),
+    "final_div_factor": ("one_cycle",),
+    "patience": ("plateau",),
+    "monitor": ("plateau",),
+}
+
+
+class ScheduleConfig(Section):
+    name: Literal["constant", "exponential", "step", "piecewise", "cosine", "cosine_restarts",
+                  "cyclical", "one_cycle", "plateau"] = "constant"
+    decay_rate: Float | None = Field(None, gt=0.0, le=1.0)
+    decay_steps: Int | None = Field(None, gt=0)
+    staircase: bool | None = None
+    every_epochs: Int | None = Field(None, gt=0)
+    factor: Float | None = Field(None, gt=0.0, lt=1.0)
+    boundaries: list[Annotated[Float, Field(gt=0.0)]] | None = None
+    values: list[Annotated[Float, Field(gt=0.0)]] | None = None
+    warmup_epochs: Float | None = Field(None, ge=0.0)
+    min_lr: Float | None = Field(None, ge=0.0)
+    first_epochs: Float | None = Field(None, gt=0.0)
+    t_mul: Float | None = Field(None, gt=0.0)
+    m_mul: Float | None = Field(None, gt=0.0)
+    max_lr: Float | None = Field(None, gt=0.0)
+    step_size_epochs: Float | None = Field(None, gt=0.0)
+    mode: Literal["triangular", "triangular2", "exp_range"] | None = None
+    gamma: Float | None = Field(None, gt=0.0, le=1.0)
+    pct_start: Float | None = Field(None, gt=0.0, lt=1.0)
+    div_factor: Float | None = Field(None, gt=0.0)
+    final_div_factor: Float | None = Field(None, gt=0.0)
+    patience: Int | None = Field(None, ge=0)
+    monitor: str | None = None
+
+    @model_validator(mode="after")
+    def _keys_fit_the_schedule(self):
+        for key, names in SCHEDULE_KEYS.items():
+            if getattr(self, key) is not None and self.name not in names:
+                raise ValueError(
+                    f"{key} does not apply to schedule {self.name} (it applies to {', '.join(names)})"
+                )
+        if self.name == "piecewise":
+            if not self.boundaries or not self.values or len(self.values) != len(self.boundaries) + 1:
+                raise ValueError("piecewise needs boundaries (epochs) and one more values (rates) than "
+                                 f"boundaries, got boundaries={self.boundaries}, values={self.values}")
+        if self.name == "step" and self.every_epochs is None:
+            raise ValueError("step needs every_epochs (decay the rate by factor every N epochs)")
+        if self.name == "cyclical" and self.max_lr is None:
+            raise ValueError("cyclical needs max_lr (the rate cycles between optimizer.lr and max_lr)")
+        return self
+
+    def params(self) -> dict:
+        """The schedule's keyword arguments: the keys that are set (plateau's are the trainer's)."""
+        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
 
 
 class LossConfig(Section):
-    name: Literal["crossentropy"] = "crossentropy"
+    name: Literal["crossentropy", "focal"] = "crossentropy"
     label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
+    alpha: Float = Field(0.25, gt=0.0, le=1.0)
+    gamma: Float = Field(2.0, ge=0.0)
 
 
 class EarlyStoppingConfig(Section):
@@ -100,11 +230,22 @@ class EarlyStoppingConfig(Section):
     mode: Literal["auto", "min", "max"] = "auto"
 
 
+class BatchGrowth(Section):
+    monitor: str = "val_accuracy"
+    above: Float
+    batch_size: PositiveInt
+
+
 class TrainConfig(Section):
     epochs: PositiveInt = 20
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    class_weight: Literal["balanced"] | dict[str, Annotated[Float, Field(ge=0.0)]] | None = None
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    batch_size_schedule: list[BatchGrowth] = Field(default_factory=list)
+    tensorboard: bool = False
+    deterministic: bool = False
     verbose: Annotated[Literal["auto", 0, 1, 2], BeforeValidator(_not_bool)] = "auto"
 
 
@@ -134,14 +275,86 @@ class ContrastStep(Section):
     factor: Float = Field(0.1, gt=0.0, le=1.0)
 
 
+class BrightnessStep(Section):
+    name: Literal["brightness"]
+    factor: Float = Field(0.1, gt=0.0, le=1.0)
+
+
+class CropStep(Section):
+    name: Literal["crop"]
+    padding: PositiveInt = 4
+
+
+def _fraction_range(value, upper: float | None = 1.0):
+    lo, hi = value
+    if not 0 < lo <= hi or (upper is not None and hi > upper):
+        bound = f"0 < low <= high <= {upper:g}" if upper is not None else "0 < low <= high"
+        raise ValueError(f"must be [low, high] with {bound}, got {list(value)}")
+    return value
+
+
+Pair = tuple[Float, Float]
+
+
+class RandomResizedCropStep(Section):
+    name: Literal["random_resized_crop"]
+    scale: Pair = (0.08, 1.0)
+    ratio: Pair = (0.75, 1.333)
+
+    _scale = field_validator("scale")(lambda v: _fraction_range(v))
+    _ratio = field_validator("ratio")(lambda v: _fraction_range(v, None))
+
+
+class GaussianNoiseStep(Section):
+    name: Literal["gaussian_noise"]
+    stddev: Float = Field(10.0, gt=0.0, le=255.0)
+
+
+class ErasingStep(Section):
+    name: Literal["erasing"]
+    probability: Float = Field(0.5, ge=0.0, le=1.0)
+    scale: Pair = (0.02, 0.33)
+    value: Float | None = Field(None, ge=0.0, le=255.0)
+
+    _scale = field_validator("scale")(lambda v: _fraction_range(v))
+
+
+class ColorJitterStep(Section):
+    name: Literal["color_jitter"]
+    brightness: Float = Field(0.2, ge=0.0, le=1.0)
+    contrast: Float = Field(0.2, ge=0.0, le=1.0)
+    saturation: Float = Field(0.2, ge=0.0, le=1.0)
+    hue: Float = Field(0.0, ge=0.0, le=0.5)
+
+
+class RandAugmentStep(Section):
+    name: Literal["randaugment"]
+    num_ops: PositiveInt = 2
+    magnitude: Float = Field(0.5, gt=0.0, le=1.0)
+
+
+class MixUpStep(Section):
+    name: Literal["mixup"]
+    alpha: Float = Field(0.2, gt=0.0)
+
+
+class CutMixStep(Section):
+    name: Literal["cutmix"]
+    alpha: Float = Field(1.0, gt=0.0)
+
+
+_STEP_CLASSES = (
+    FlipStep, RotationStep, ZoomStep, TranslationStep, ContrastStep, BrightnessStep, CropStep,
+    RandomResizedCropStep, GaussianNoiseStep, ErasingStep, ColorJitterStep, RandAugmentStep,
+    MixUpStep, CutMixStep,
+)
 AugmentStep = Annotated[
-    FlipStep | RotationStep | ZoomStep | TranslationStep | ContrastStep,
+    FlipStep | RotationStep | ZoomStep | TranslationStep | ContrastStep | BrightnessStep | CropStep
+    | RandomResizedCropStep | GaussianNoiseStep | ErasingStep | ColorJitterStep | RandAugmentStep
+    | MixUpStep | CutMixStep,
     Field(discriminator="name"),
 ]
-AUGMENT_STEPS = {
-    cls.model_fields["name"].annotation.__args__[0]: cls
-    for cls in (FlipStep, RotationStep, ZoomStep, TranslationStep, ContrastStep)
-}
+AUGMENT_STEPS = {cls.model_fields["name"].annotation.__args__[0]: cls for cls in _STEP_CLASSES}
 
 
 # ------------------------------------------------------------------------- output
@@ -156,6 +369,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     augment: list[AugmentStep] = Field(default_factory=list)
+    augment_on: Literal["model", "pipeline"] = "model"
     output: OutputConfig = Field(default_factory=OutputConfig)
 
 
@@ -332,15 +546,18 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (differences only), then --set overrides, validated once."""
+def load_config(path: str | Path | list | tuple | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file(s) in order (differences only; a later file wins), then
+    --set overrides, validated once."""
+    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
     raw: dict = {}
     origin = "config"
-    if path is not None:
-        raw = _read_yaml(Path(path))
-        origin = str(path)
+    for item in paths:
+        part = _read_yaml(Path(item))
+        _validate(part, str(item))  # each file alone first, so an error names its file
+        raw = _deep_merge(raw, part)
+        origin = " + ".join(str(p) for p in paths)
     if overrides:
-        # validate the file alone first so an error names the right origin
         _validate(raw, origin)
         raw = apply_overrides(_deep_merge({}, raw), overrides)
         origin = "--set"

@@ -110,6 +110,18 @@ class Manifest:
         }
         self.save()
 
+    @classmethod
+    def reopen(cls, run_dir: Path) -> Manifest:
+        """The manifest of an unfinished run that is being resumed: status back to running."""
+        self = cls.__new__(cls)
+        self.path = Path(run_dir) / MANIFEST
+        self.data = json.loads(self.path.read_text(encoding="utf-8"))
+        # the clock restarts; duration_s adds up the sessions
+        self._t0 = time.time() - float(self.data.get("duration_s") or 0.0)
+        self.data["resumed"] = int(self.data.get("resumed", 0)) + 1
+        self.update(status="running", finished=None, error=None, versions=versions())
+        return self
+
     def update(self, **fields) -> None:
         self.data.update(fields)
         self.save()

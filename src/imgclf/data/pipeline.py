@@ -3,12 +3,17 @@
 Images leave the pipeline as float32 in 0..255 (every model rescales inside itself) with
 one-hot float32 labels. Per-image work (decode, resize) runs in parallel before the cache and
 is stored as uint8; per-batch work (cast, channel conversion, one-hot) runs after batching.
+Training augmentation in the pipeline (imgclf.data.augment) runs after that, on batches,
+after the cache, so every epoch sees fresh draws.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import tensorflow as tf
 
+from imgclf.config import AugmentStep
 from imgclf.data.sources import Split
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -47,12 +52,16 @@ def make_dataset(
     seed: int,
     cache: bool = True,
     shuffle_buffer: int = 10_000,
+    augment: Sequence[AugmentStep] = (),
 ) -> tf.data.Dataset:
     """A batched dataset of (float32 images 0..255, one-hot labels) for one split.
 
     ``training`` shuffles (with ``seed``, reshuffled every epoch); otherwise the order is
-    the split's order, which is the order of predictions.csv.
+    the split's order, which is the order of predictions.csv. ``augment`` steps (training
+    datasets only) run on the batches, seeded with ``seed``; MixUp/CutMix mix the labels too.
     """
+    if augment and not training:
+        raise ValueError("augmentation is for training datasets only")
     size = tuple(int(s) for s in image_size)
     labels = tf.constant(split.y, dtype=tf.int32)
     if split.files is not None:
@@ -79,4 +88,8 @@ def make_dataset(
         return images, tf.one_hot(y, num_classes, dtype=tf.float32)
 
     ds = ds.map(per_batch, num_parallel_calls=AUTOTUNE)
+    if augment:
+        from imgclf.data.augment import augment_dataset
+
+        ds = augment_dataset(ds, augment, seed)
     return ds.prefetch(AUTOTUNE)

@@ -13,7 +13,8 @@ import re
 
 import keras
 
-from imgclf.models.heads import augmentation_layers, classifier_head
+from imgclf.data.augment import augmentation_layers
+from imgclf.models.heads import classifier_head
 from imgclf.models.registry import ModelSpec
 
 BACKBONE = "backbone"

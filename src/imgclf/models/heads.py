@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from imgclf.config import AugmentStep
+from imgclf.data.augment import augmentation_layers
 from imgclf.models.registry import ModelSpec
 
 # Keras' default 0.99 leaves the moving statistics far behind for the first hundreds of
@@ -17,27 +17,9 @@ def activation(name: str) -> layers.Layer:
     return layers.Activation(name)
 
 
-def augmentation_layers(steps: tuple[AugmentStep, ...], seed: int | None = None) -> list:
-    """Keras preprocessing layers for the config's augment list; active only in training."""
-    out = []
-    for step in steps:
-        if step.name == "flip":
-            out.append(layers.RandomFlip(step.mode, seed=seed))
-        elif step.name == "rotation":
-            out.append(layers.RandomRotation(step.factor, fill_mode="reflect", seed=seed))
-        elif step.name == "zoom":
-            out.append(layers.RandomZoom(step.factor, fill_mode="reflect", seed=seed))
-        elif step.name == "translation":
-            out.append(layers.RandomTranslation(step.factor, step.factor, fill_mode="reflect", seed=seed))
-        elif step.name == "contrast":
-            out.append(layers.RandomContrast(step.factor, value_range=(0, 255), seed=seed))
-        else:  # the config's Literal types make this unreachable for valid configs
-            raise ValueError(f"Unknown augmentation step. Received: name={step.name}")
-    return out
-
-
 def stem(spec: ModelSpec):
-    """Input of raw 0..255 pixels, training-only augmentation, then scaling to 0..1."""
+    """Input of raw 0..255 pixels, training-only augmentation (``spec.augment``: the per-image
+    steps, see imgclf.data.augment), then scaling to 0..1."""
     inputs = keras.Input(shape=spec.input_shape, name="image")
     x = inputs
     for layer in augmentation_layers(spec.augment):

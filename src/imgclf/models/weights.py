@@ -84,12 +84,12 @@ def load_weights(model, weights: str) -> None:
     if path.is_dir():
         path = path / "model.keras"
     if path.name.endswith(".keras"):
-        import keras
+        from imgclf.saved import load_model
 
         try:
-            source = keras.models.load_model(path, compile=False)
-        except Exception as exc:
-            raise ModelError(f"model.weights={weights}: cannot read {path}: {_first_line(exc)}") from None
+            source = load_model(path)
+        except ModelError as exc:
+            raise ModelError(f"model.weights={weights}: {exc}") from None
         copied = transfer_backbone(source, model, weights)
         if not copied:
             raise ModelError(f"model.weights={weights}: no backbone layer of {path} matches this model")

@@ -1,28 +1,51 @@
 """Everything a run directory's reports are made of, computed from its saved files:
-classes.json, predictions.csv and history.csv in; metrics.json, per_class.csv,
-confusion_matrix.csv/.png and curves.png out."""
+classes.json, predictions.csv, history.csv, config.yaml and run.json in; metrics.json,
+per_class.csv, confusion_matrix.csv/.png, roc.png, misclassified.png, curves.png and
+report.html out. `imgclf train`, `imgclf evaluate` and ensembles all come through here."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from imgclf.errors import ImgclfError
 from imgclf.reports.metrics import (
     confusion,
     label_indices,
     per_class_table,
     prob_columns,
+    roc_points,
     split_metrics,
 )
-from imgclf.reports.plots import plot_confusion, plot_curves
-from imgclf.runs import MANIFEST, atomic_path, read_json, write_json
+from imgclf.reports.plots import plot_confusion, plot_curves, plot_image_grid, plot_roc
+from imgclf.runs import MANIFEST, atomic_path, read_json, write_json, write_text
+
+MISCLASSIFIED_SHOWN = 18
+UNFINISHED = ("running", "failed", "interrupted")
 
 
-def read_predictions(run_dir: Path) -> pd.DataFrame:
+@dataclass
+class Context:
+    """What a report says about where its predictions came from."""
+
+    class_names: list[str]
+    title: str
+    subtitle: str = ""
+    config_text: str | None = None
+    cfg: object | None = None  # the Config whose data the predictions are on (for images)
+    image_root: str | None = None  # folder the `file` column is relative to (None: the config's)
+    curves_png: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    facts: dict[str, str] = field(default_factory=dict)
+
+
+def read_predictions(folder: Path) -> pd.DataFrame:
     # labels are class names: keep them strings even when they look like numbers
     return pd.read_csv(
-        run_dir / "predictions.csv", dtype={"true_label": str, "pred_label": str, "file": str},
+        Path(folder) / "predictions.csv", dtype={"true_label": str, "pred_label": str, "file": str},
         keep_default_na=False,
     )
 
@@ -32,10 +55,75 @@ def _write_csv(df: pd.DataFrame, path: Path, **kw) -> None:
         df.to_csv(tmp, **kw)
 
 
+def read_config(path: Path):
+    """(text, Config or None) of a saved config.yaml; (None, None) when there is none."""
+    from imgclf.config import load_config
+
+    if not path.is_file():
+        return None, None
+    text = path.read_text(encoding="utf-8")
+    try:
+        return text, load_config(path)
+    except ImgclfError:  # an older or hand-edited config: show it, skip what needs it
+        return text, None
+
+
+def run_context(run_dir: Path) -> Context:
+    """A training run's (or an ensemble's) directory describes itself."""
+    manifest = read_json(run_dir / MANIFEST) if (run_dir / MANIFEST).exists() else {}
+    config_text, cfg = read_config(run_dir / "config.yaml")
+    members = manifest.get("members") or []
+    if cfg is None and members:  # an ensemble: the data is its first member's
+        _, cfg = read_config(Path(members[0]) / "config.yaml")
+        if cfg is not None and manifest.get("data_path") and cfg.data.source != "folder":
+            cfg.data.path = manifest["data_path"]  # evaluated on other arrays than it trained on
+    ctx = Context(class_names=read_json(run_dir / "classes.json"), title=run_dir.name,
+                  config_text=config_text, cfg=cfg, image_root=manifest.get("data"))
+    ctx.curves_png = run_dir / "curves.png"
+    status = manifest.get("status")
+    if status in ("failed", "interrupted"):
+        ctx.notes.append(f"This run is {status}: the numbers are those of the model it saved last "
+                         f"(epoch {manifest.get('best_epoch') or '?'}).")
+    bits = [manifest.get("model") or (cfg.model.name if cfg else None)]
+    if manifest.get("params"):
+        bits.append(f"{manifest['params']:,} parameters")
+    if manifest.get("epochs"):
+        bits.append(f"{manifest['epochs']} epochs (best {manifest.get('best_epoch')})")
+    if manifest.get("train_time_s") is not None:
+        bits.append(f"trained in {manifest['train_time_s']:.1f} s")
+    ctx.subtitle = " · ".join(str(b) for b in bits if b)
+    if cfg is not None:
+        d = cfg.data
+        ctx.facts["data"] = f"{d.source}" + (f" {d.path}" if d.path else "")
+        if d.image_size:
+            ctx.facts["input"] = f"{d.image_size[0]}x{d.image_size[1]}x{d.channels}"
+    if members:
+        ctx.facts["members"] = ", ".join(Path(m).name for m in members)
+    if manifest.get("sizes"):
+        ctx.facts["split sizes"] = ", ".join(f"{k} {v}" for k, v in manifest["sizes"].items())
+    if manifest.get("versions"):
+        ctx.facts["versions"] = ", ".join(f"{k} {v}" for k, v in manifest["versions"].items())
+    return ctx
+
+
 def write_reports(run_dir: str | Path) -> dict:
+    """Reports of a training run (or an ensemble) from its directory; returns metrics.json."""
     run_dir = Path(run_dir)
-    class_names = read_json(run_dir / "classes.json")
-    preds = read_predictions(run_dir)
+    history_path = run_dir / "history.csv"
+    if history_path.exists():
+        history = pd.read_csv(history_path)
+        manifest = run_dir / MANIFEST
+        best = read_json(manifest).get("best_epoch") if manifest.exists() else None
+        if len(history):
+            plot_curves(history, run_dir / "curves.png", title=run_dir.name, best_epoch=best)
+    return build_reports(run_dir, run_context(run_dir))
+
+
+def build_reports(out_dir: Path, ctx: Context, flat: bool = False) -> dict:
+    """Everything from ``out_dir/predictions.csv``; ``flat`` writes one split's metrics at the
+    top of metrics.json (evaluate's folders) instead of one object per split."""
+    class_names = ctx.class_names
+    preds = read_predictions(out_dir)
     cols = prob_columns(class_names)
 
     metrics: dict = {}
@@ -45,32 +133,76 @@ def write_reports(run_dir: str | Path) -> dict:
         y_true = label_indices(rows["true_label"], class_names)
         probs = rows[cols].to_numpy(dtype="float64")
         metrics[split] = split_metrics(y_true, probs)
-        y_pred = probs.argmax(axis=1)
-        tables.append(per_class_table(y_true, y_pred, class_names).assign(split=split))
-        by_split[split] = (y_true, y_pred)
-    primary = "test" if "test" in by_split else "val"  # what the confusion matrix shows
-    write_json(run_dir / "metrics.json", metrics)
+        tables.append(per_class_table(y_true, probs.argmax(axis=1), class_names).assign(split=split))
+        by_split[split] = (y_true, probs, rows)
+    primary = "test" if "test" in by_split else next(iter(by_split))
+    write_json(out_dir / "metrics.json", metrics[primary] if flat else metrics)
 
     per_class = pd.concat(tables, ignore_index=True)
     per_class = per_class[["split", "class", "precision", "recall", "f1", "support", "accuracy"]]
-    _write_csv(per_class, run_dir / "per_class.csv", index=False, float_format="%.6f")
+    _write_csv(per_class, out_dir / "per_class.csv", index=False, float_format="%.6f")
 
-    y_true, y_pred = by_split[primary]
+    y_true, probs, rows = by_split[primary]
+    y_pred = probs.argmax(axis=1)
     cm = confusion(y_true, y_pred, len(class_names))
     cm_df = pd.DataFrame(cm, index=class_names, columns=class_names)
     cm_df.index.name = "true\\pred"
-    _write_csv(cm_df, run_dir / "confusion_matrix.csv")
+    _write_csv(cm_df, out_dir / "confusion_matrix.csv")
     norm = cm_df.div(cm_df.sum(axis=1).replace(0, 1), axis=0)
-    _write_csv(norm, run_dir / "confusion_matrix_normalized.csv", float_format="%.6f")
-    acc = metrics[primary]["accuracy"]
-    plot_confusion(cm, class_names, run_dir / "confusion_matrix.png",
-                   f"{primary} split: accuracy {acc:.4f} (n={len(y_true)})")
+    _write_csv(norm, out_dir / "confusion_matrix_normalized.csv", float_format="%.6f")
+    m = metrics[primary]
+    plot_confusion(cm, class_names, out_dir / "confusion_matrix.png",
+                   f"{primary} split: accuracy {m['accuracy']:.4f} (n={len(y_true)})")
+    auc = m["roc_auc_ovr"]
+    plot_roc(roc_points(y_true, probs), class_names, out_dir / "roc.png",
+             f"{primary} split: one-vs-rest ROC, macro AUC " + (f"{auc:.4f}" if auc is not None else "n/a"))
+    _misclassified(out_dir, ctx, primary, rows, y_true, probs)
 
-    history_path = run_dir / "history.csv"
-    if history_path.exists():
-        history = pd.read_csv(history_path)
-        manifest = run_dir / MANIFEST
-        best = read_json(manifest).get("best_epoch") if manifest.exists() else None
-        if len(history):
-            plot_curves(history, run_dir / "curves.png", title=run_dir.name, best_epoch=best)
+    figures = {
+        "Learning curves": [(ctx.curves_png, "loss and accuracy per epoch")] if ctx.curves_png else [],
+        "Confusion matrix and ROC": [
+            (out_dir / "confusion_matrix.png", "counts; shading is the share of each true class"),
+            (out_dir / "roc.png", "one-vs-rest ROC per class"),
+        ],
+        "Most confidently wrong": [
+            (out_dir / "misclassified.png", "true class, predicted class and its probability"),
+        ],
+    }
+    from imgclf.reports.html import render
+
+    page = render(
+        title=ctx.title, subtitle=ctx.subtitle, metrics=metrics, primary=primary,
+        per_class=per_class[per_class["split"] == primary].drop(columns="split"),
+        figures=figures, config_text=ctx.config_text, notes=ctx.notes, facts=ctx.facts,
+    )
+    write_text(out_dir / "report.html", page)
     return metrics
+
+
+def _misclassified(out_dir: Path, ctx: Context, split: str, rows: pd.DataFrame,
+                   y_true: np.ndarray, probs: np.ndarray) -> None:
+    """misclassified.png: the wrong predictions with the highest predicted probability."""
+    y_pred = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    wrong = np.flatnonzero(y_pred != y_true)
+    wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:MISCLASSIFIED_SHOWN]
+    id_col = "file" if "file" in rows else "index"
+    if ctx.cfg is None or id_col not in rows:
+        ctx.notes.append("misclassified.png is not drawn: the run's config.yaml is missing or unreadable")
+        return
+    try:
+        from imgclf.reports.images import load_images
+
+        ids = rows[id_col].to_numpy()[wrong].tolist()
+        images = load_images(ctx.cfg, split, ids, ctx.image_root) if len(wrong) else []
+    except (ImgclfError, OSError, KeyError) as exc:
+        ctx.notes.append(f"misclassified.png is not drawn: cannot load the images ({exc})")
+        return
+    names = ctx.class_names
+    label = (lambda v: f"#{v}") if id_col == "index" else (lambda v: Path(str(v)).name)
+    titles = [f"{label(rows[id_col].iloc[i])}\ntrue {names[y_true[i]]}\n"
+              f"pred {names[y_pred[i]]} ({conf[i]:.2f})" for i in wrong]
+    total = int(np.sum(y_pred != y_true))
+    head = (f"{split} split: the {len(wrong)} most confidently wrong of {total} misclassified"
+            if total else f"{split} split: no misclassified images")
+    plot_image_grid(images, titles, out_dir / "misclassified.png", title=head)

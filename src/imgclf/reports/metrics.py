@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
 PROB_PREFIX = "prob_"
+METRIC_KEYS = (
+    "accuracy", "loss", "top_k_accuracy", "precision_macro", "recall_macro", "f1_macro",
+    "precision_weighted", "recall_weighted", "f1_weighted", "roc_auc_ovr", "cohen_kappa",
+)
 
 
 def prob_columns(class_names: list[str]) -> list[str]:
@@ -18,15 +24,50 @@ def label_indices(labels, class_names: list[str]) -> np.ndarray:
     return np.array([index[str(v)] for v in labels], dtype=np.int64)
 
 
+def top_k(num_classes: int) -> int:
+    """The k of top_k_accuracy: 5, or fewer with few classes, so it never counts every
+    class (two classes: k=1, the plain accuracy)."""
+    return max(1, min(5, num_classes - 1))
+
+
+def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
+    """The share of items whose true class is among the k most probable (a class tied with
+    the true one does not push it out)."""
+    true_p = probs[np.arange(len(y_true)), y_true]
+    higher = (probs > true_p[:, None]).sum(axis=1)
+    return float(np.mean(higher < k)) if len(y_true) else math.nan
+
+
+def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Macro mean of the one-vs-rest ROC AUC over the classes present in ``y_true`` (a class
+    absent from the split has no AUC); NaN when fewer than two classes are present. With
+    every class present this is scikit-learn's roc_auc_score(multi_class="ovr")."""
+    aucs = [
+        skm.roc_auc_score(y_true == c, probs[:, c])
+        for c in range(probs.shape[1])
+        if 0 < np.sum(y_true == c) < len(y_true)
+    ]
+    return float(np.mean(aucs)) if aucs else math.nan
+
+
+def _finite_or_none(value: float):
+    return float(value) if np.isfinite(value) else None
+
+
 def split_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
-    """accuracy, loss (cross-entropy of the probabilities) and macro/weighted P/R/F1."""
+    """Every number of METRIC_KEYS for one split, plus ``n`` (items) and ``top_k`` (the k of
+    top_k_accuracy). A number that is undefined for the split (an AUC with one class
+    present, kappa when both sides name one class) is null."""
     n = probs.shape[1]
     labels = list(range(n))
     y_pred = probs.argmax(axis=1)
+    k = top_k(n)
     out = {
         "n": int(len(y_true)),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "loss": float(skm.log_loss(y_true, probs, labels=labels)),
+        "top_k": k,
+        "top_k_accuracy": top_k_accuracy(y_true, probs, k),
     }
     for avg in ("macro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(
@@ -35,6 +76,22 @@ def split_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
         out[f"precision_{avg}"] = float(p)
         out[f"recall_{avg}"] = float(r)
         out[f"f1_{avg}"] = float(f)
+    out["roc_auc_ovr"] = _finite_or_none(roc_auc_ovr(y_true, probs))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = skm.cohen_kappa_score(y_true, y_pred, labels=labels)
+    out["cohen_kappa"] = _finite_or_none(kappa)
+    return out
+
+
+def roc_points(y_true: np.ndarray, probs: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray, float]]:
+    """{class: (false positive rates, true positive rates, AUC)} one-vs-rest, for the
+    classes with both positives and negatives in ``y_true``."""
+    out = {}
+    for c in range(probs.shape[1]):
+        positives = y_true == c
+        if 0 < positives.sum() < len(y_true):
+            fpr, tpr, _ = skm.roc_curve(positives, probs[:, c])
+            out[c] = (fpr, tpr, float(skm.auc(fpr, tpr)))
     return out
 
 

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from imgclf.runs import atomic_path  # noqa: E402
 
@@ -32,6 +33,7 @@ def plot_curves(history: pd.DataFrame, path: Path, title: str = "", best_epoch: 
         if best_epoch:
             ax.axvline(best_epoch, color="gray", ls="--", lw=1, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -61,4 +63,68 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path, title: st
             for j in range(n):
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if share[i, j] > 0.5 else "black")
+    _save(fig, path)
+
+
+def plot_roc(points: dict, class_names: list[str], path: Path, title: str) -> None:
+    """One-vs-rest ROC curve per class (the ten with the lowest AUC when there are more,
+    the ones worth looking at) with each class's AUC in the legend."""
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    if len(class_names) == 2 and 1 in points:  # two classes: one curve says it all
+        points = {1: points[1]}
+    shown = sorted(points, key=lambda c: points[c][2])[:10]
+    for c in sorted(shown):
+        fpr, tpr, auc = points[c]
+        ax.plot(fpr, tpr, lw=1.5, label=f"{class_names[c]} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="chance")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    hidden = len(points) - len(shown)
+    ax.set_title(title + (f"\n(the 10 classes with the lowest AUC; {hidden} more)" if hidden else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+
+
+def plot_image_grid(images: list[np.ndarray], titles: list[str], path: Path, title: str = "",
+                    cols: int = 6, colors: list[str] | None = None) -> None:
+    """Images (uint8, H x W x 1|3) in a grid, each titled; an empty list draws a note."""
+    n = len(images)
+    cols = max(1, min(cols, n))
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows + 0.4), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    if not images:
+        axes[0, 0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
+    for i, (img, text) in enumerate(zip(images, titles)):
+        ax = axes.flat[i]
+        if img.ndim == 3 and img.shape[-1] == 1:
+            ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(img, interpolation="nearest" if max(img.shape[:2]) < 64 else "antialiased")
+        ax.set_title(text, fontsize=8, color=(colors[i] if colors else "black"))
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_val_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
+    """Validation loss and accuracy of several runs on the same axes."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, history in histories.items():
+        for ax, col in zip(axes, ("val_loss", "val_accuracy")):
+            if col in history and len(history):
+                ax.plot(history["epoch"], history[col], "-o", ms=3, label=name)
+    for ax, col in zip(axes, ("val_loss", "val_accuracy")):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(col)
+        ax.set_title(col)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     _save(fig, path)

@@ -1,11 +1,15 @@
 """`imgclf train`: config -> data -> model -> fit -> run directory -> reports.
 
 Everything that can be wrong with the input is checked before the run directory is made,
-so a bad config or a missing folder never leaves a half-made run behind.
+so a bad config or a missing folder never leaves a half-made run behind. Every finished
+epoch leaves a checkpoint (weights, optimizer state, the deciding callbacks' counters), so
+`imgclf train --resume RUN_DIR` continues an interrupted run from its last finished epoch.
 """
 
 from __future__ import annotations
 
+import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -14,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imgclf.config import Config, dump_yaml
+from imgclf.config import Config, TrainConfig, dump_yaml, load_config
 from imgclf.data import DataBundle, load_data
 from imgclf.errors import ConfigError, TrainingError
 from imgclf.reports import write_reports
 from imgclf.reports.metrics import prob_columns
-from imgclf.runs import Manifest, atomic_path, new_run_dir, write_json, write_text
+from imgclf.runs import MANIFEST, Manifest, atomic_path, new_run_dir, read_json, write_json, write_text
 
 DEFAULT_FOLDER_SIZE = (224, 224)
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
@@ -38,11 +42,15 @@ def prepare(cfg: Config) -> Prepared:
     from imgclf.models import get_entry
     from imgclf.models.weights import check_weights
 
-    es = cfg.train.early_stopping
-    if es.monitor not in MONITORS:
-        raise ConfigError(
-            f"train.early_stopping.monitor: unknown metric {es.monitor!r} (known: {', '.join(MONITORS)})"
-        )
+    t = cfg.train
+    monitors = {"train.early_stopping.monitor": t.early_stopping.monitor}
+    if t.schedule.monitor is not None:
+        monitors["train.schedule.monitor"] = t.schedule.monitor
+    for i, step in enumerate(t.batch_size_schedule):
+        monitors[f"train.batch_size_schedule.{i}.monitor"] = step.monitor
+    for key, monitor in monitors.items():
+        if monitor not in MONITORS:
+            raise ConfigError(f"{key}: unknown metric {monitor!r} (known: {', '.join(MONITORS)})")
     entry = get_entry(cfg.model.name)
     check_weights(cfg.model.weights, entry)
     bundle = load_data(cfg.data, cfg.seed)
@@ -52,46 +60,87 @@ def prepare(cfg: Config) -> Prepared:
     resolved = cfg.model_copy(deep=True)
     resolved.data.image_size = list(size)
     resolved.data.channels = channels
-    return Prepared(resolved, bundle, size, channels)
+    prep = Prepared(resolved, bundle, size, channels)
+    class_weight_map(prep)  # an unknown class name in train.class_weight fails here
+    return prep
+
+
+def class_weight_map(prep: Prepared) -> dict[int, float] | None:
+    from imgclf.training.losses import class_weights
+
+    spec = prep.cfg.train.class_weight
+    if spec is None:
+        return None
+    try:
+        return class_weights(prep.bundle.splits["train"].y, prep.bundle.class_names, spec)
+    except ValueError as exc:
+        raise ConfigError(f"train.class_weight: {exc}") from None
 
 
 def build_model(prep: Prepared):
-    import keras
-
+    from imgclf.data.augment import split_steps
     from imgclf.models import ModelSpec, create_model
     from imgclf.models.weights import load_weights
 
     cfg = prep.cfg
+    # per-image steps go into the model only with augment_on=model; mixup/cutmix never do
+    in_model, _ = split_steps(cfg.augment, cfg.augment_on, (*prep.image_size, prep.channels))
     spec = ModelSpec(
         input_shape=(*prep.image_size, prep.channels),
         num_classes=prep.bundle.num_classes,
         cfg=cfg.model,
-        augment=tuple(cfg.augment),
+        augment=in_model,
     )
     model = create_model(cfg.model.name, spec)
     if cfg.model.weights and cfg.model.weights != "imagenet":
         load_weights(model, cfg.model.weights)
-    opt = cfg.train.optimizer
-    model.compile(
-        optimizer=keras.optimizers.Adam(
-            learning_rate=opt.lr, beta_1=opt.beta_1, beta_2=opt.beta_2, epsilon=opt.epsilon
-        ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.loss.label_smoothing),
-        metrics=["accuracy"],
-    )
     return model
 
 
-def datasets(prep: Prepared) -> dict:
+def steps_per_epoch(prep: Prepared, batch_size: int | None = None) -> int:
+    return max(1, math.ceil(len(prep.bundle.splits["train"]) / (batch_size or prep.cfg.data.batch_size)))
+
+
+def compile_model(model, t: TrainConfig, steps: int, epochs: int | None = None) -> None:
+    """Optimizer, schedule and loss from a train section; ``steps`` per epoch converts the
+    schedule's epoch counts into optimizer steps, over ``epochs`` (default t.epochs)."""
+    from imgclf.training.losses import make_loss
+    from imgclf.training.optimizers import make_optimizer
+    from imgclf.training.schedules import make_schedule
+
+    lr = t.optimizer.lr
+    if t.schedule.name not in ("constant", "plateau"):  # plateau is a callback on a constant rate
+        try:
+            lr = make_schedule(t.schedule.name, lr, steps_per_epoch=steps, epochs=epochs or t.epochs,
+                               **t.schedule.params())
+        except ValueError as exc:
+            raise ConfigError(f"train.schedule: {exc}") from None
+    try:
+        optimizer = make_optimizer(t.optimizer.name, lr, **t.optimizer.params())
+    except ValueError as exc:
+        raise ConfigError(f"train.optimizer: {exc}") from None
+    loss = make_loss(t.loss.name, label_smoothing=t.loss.label_smoothing, alpha=t.loss.alpha,
+                     gamma=t.loss.gamma)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+
+
+def datasets(prep: Prepared, train_batch_size: int | None = None) -> dict:
+    """One dataset per split; the training split's batch may differ from data.batch_size
+    (train.batch_size_schedule), evaluation batches never change."""
+    from imgclf.data.augment import split_steps
     from imgclf.data.pipeline import make_dataset
 
     d = prep.cfg.data
+    # the training split alone gets the pipeline's steps (all of them with augment_on=pipeline,
+    # else only mixup/cutmix); validation, test and predict data are never augmented
+    _, in_pipeline = split_steps(prep.cfg.augment, prep.cfg.augment_on, (*prep.image_size, prep.channels))
     return {
         name: make_dataset(
             split, image_size=prep.image_size, channels=prep.channels,
-            num_classes=prep.bundle.num_classes, batch_size=d.batch_size,
+            num_classes=prep.bundle.num_classes,
+            batch_size=(train_batch_size or d.batch_size) if name == "train" else d.batch_size,
             training=name == "train", seed=prep.cfg.seed, cache=d.cache,
-            shuffle_buffer=d.shuffle_buffer,
+            shuffle_buffer=d.shuffle_buffer, augment=in_pipeline if name == "train" else (),
         )
         for name, split in prep.bundle.splits.items()
     }
@@ -128,36 +177,115 @@ def _verbosity(setting) -> int:
     return int(setting)
 
 
+def _seed(cfg: Config) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(cfg.seed)  # Python, NumPy and the backend
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
 def train(cfg: Config, out: str | None = None, echo=print) -> Path:
     """Train one model as ``cfg`` says; returns the new run directory."""
-    import keras
-
     prep = prepare(cfg)
     cfg = prep.cfg
-    keras.utils.set_random_seed(cfg.seed)
-    # a model that cannot be built, or weights that do not fit, fail before a run directory exists
+    _seed(cfg)
+    # a model that cannot be built, weights that do not fit, or a recipe the optimizer
+    # refuses all fail before a run directory exists
     model = build_model(prep)
+    compile_model(model, cfg.train, steps_per_epoch(prep))
     name = cfg.output.name or f"{cfg.model.name}-{cfg.data.source}"
     run_dir = new_run_dir(out or cfg.output.dir, name)
     manifest = Manifest(run_dir, "train")
+    write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo))
+
+
+def resume(run_dir: str | Path, echo=print) -> Path:
+    """Continue an interrupted run in its own directory, from its last finished epoch, with
+    its saved config, optimizer state and schedule position."""
+    from imgclf.training.callbacks import CHECKPOINT_DIR, CHECKPOINT_WEIGHTS, read_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / MANIFEST).is_file():
+        raise ConfigError(f"--resume {run_dir}: not an imgclf run directory (no config.yaml / {MANIFEST})")
+    status = read_json(run_dir / MANIFEST).get("status")
+    if status == "finished":
+        raise ConfigError(f"--resume {run_dir}: this run already finished; start a new one with --config "
+                          f"{run_dir / 'config.yaml'}")
+    prep = prepare(load_config(run_dir / "config.yaml"))
+    cfg = prep.cfg
+    _seed(cfg)
+    model = build_model(prep)
+    state = read_checkpoint(run_dir)
+    batch = (state or {}).get("callbacks", {}).get("batch_size", {}).get("batch_size")
+    compile_model(model, cfg.train, steps_per_epoch(prep))
+    if state is not None:
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(run_dir / CHECKPOINT_DIR / CHECKPOINT_WEIGHTS)
+        echo(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.train.epochs}"
+             + (f" (batch size {batch})" if batch else ""))
+    else:
+        echo(f"resuming {run_dir}: no epoch had finished, starting again from epoch 1")
+    manifest = Manifest.reopen(run_dir)
+    return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo, state))
+
+
+def _guarded(run_dir: Path, manifest: Manifest, echo, work) -> Path:
     try:
-        return _train_in(run_dir, prep, model, manifest, echo)
+        return work()
     except KeyboardInterrupt:
         manifest.close("interrupted")
-        echo(f"interrupted; what finished is in {run_dir}")
+        echo(f"interrupted; every finished epoch is saved in {run_dir}")
+        echo(f"resume with: imgclf train --resume {run_dir}")
         raise
     except BaseException as exc:
         manifest.close("failed", error=f"{type(exc).__name__}: {exc}")
         raise
 
 
-def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo) -> Path:
+def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict]):
+    """The callback list and the callbacks whose state a checkpoint keeps, by name."""
     import keras
 
-    from imgclf.training.callbacks import BestModel, HistoryCSV, resolve_mode
+    from imgclf.training.callbacks import (
+        BatchGrowth,
+        BestModel,
+        Checkpoint,
+        EarlyStop,
+        HistoryCSV,
+        Plateau,
+    )
 
-    cfg, bundle = prep.cfg, prep.bundle
-    write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    t = cfg.train
+    es = t.early_stopping
+    history = HistoryCSV(run_dir / "history.csv", rows=history_rows)
+    best = BestModel(run_dir / "model.keras", es.monitor, es.mode, es.min_delta)
+    stateful: dict = {"best": best}
+    callbacks = [history, keras.callbacks.TerminateOnNaN(), best]
+    if es.enabled:
+        stateful["early_stopping"] = EarlyStop(es.monitor, es.mode, es.patience, es.min_delta)
+    s = t.schedule
+    if s.name == "plateau":
+        stateful["plateau"] = Plateau(
+            monitor=s.monitor or "val_loss", factor=s.factor or 0.1,
+            patience=3 if s.patience is None else s.patience, min_lr=s.min_lr or 0.0, verbose=0,
+        )
+    if t.batch_size_schedule:
+        stateful["batch_size"] = BatchGrowth(t.batch_size_schedule, cfg.data.batch_size)
+    callbacks += [cb for name, cb in stateful.items() if name != "best"]
+    if t.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
+    callbacks.append(Checkpoint(run_dir, stateful))
+    return callbacks, history, stateful
+
+
+def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
+              state: dict | None = None) -> Path:
+    from imgclf.training.callbacks import CHECKPOINT_DIR, HistoryCSV
+
+    cfg, bundle, t = prep.cfg, prep.bundle, prep.cfg.train
     write_json(run_dir / "classes.json", bundle.class_names)
     if bundle.bad_files:
         listing = run_dir / "bad_files.txt"
@@ -167,49 +295,69 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo) ->
             echo(f"  {p}: {r}")
     echo(f"data: {cfg.data.source} {bundle.summary()}; images {prep.image_size[0]}x"
          f"{prep.image_size[1]}x{prep.channels}")
-
-    data = datasets(prep)
     params = int(model.count_params())
     echo(f"model: {cfg.model.name}, {params:,} parameters")
     manifest.update(model=cfg.model.name, params=params, classes=bundle.num_classes,
                     sizes={k: len(v) for k, v in bundle.splits.items()})
 
-    es = cfg.train.early_stopping
-    mode = resolve_mode(es.monitor, es.mode)
-    best = BestModel(run_dir / "model.keras", es.monitor, mode, es.min_delta)
-    callbacks = [HistoryCSV(run_dir / "history.csv"), keras.callbacks.TerminateOnNaN(), best]
-    if es.enabled:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=es.monitor, patience=es.patience, min_delta=es.min_delta, mode=mode,
-            restore_best_weights=False,  # BestModel restores, with or without early stopping
-        ))
+    epoch = state["epoch"] if state else 0
+    rows = HistoryCSV.read(run_dir / "history.csv", epoch)  # drops rows past the checkpoint
+    callbacks, history, stateful = _callbacks(run_dir, cfg, rows)
+    for name, cb_state in (state or {}).get("callbacks", {}).items():
+        if name in stateful:
+            stateful[name].load_state(cb_state)
+    if state and "plateau" in stateful:
+        model.optimizer.learning_rate = state["lr"]
+    grower = stateful.get("batch_size")
+    stopper = stateful.get("early_stopping")
+    batch_size = grower.batch_size if grower else cfg.data.batch_size
+    data = datasets(prep, batch_size)
+    class_weight = class_weight_map(prep)
+
     t0 = time.perf_counter()
-    history = model.fit(data["train"], validation_data=data["val"], epochs=cfg.train.epochs,
-                        callbacks=callbacks, verbose=_verbosity(cfg.train.verbose),
-                        shuffle=False)  # the pipeline shuffles, with the seed
-    train_time = time.perf_counter() - t0
-    losses = history.history.get("loss", [])
-    epochs_run = len(losses)
+    losses: list[float] = []
+    while epoch < t.epochs and not (stopper and stopper.stopped_epoch):
+        history.extra = {"batch_size": batch_size}
+        fitted = model.fit(
+            data["train"], validation_data=data.get("val"), initial_epoch=epoch, epochs=t.epochs,
+            callbacks=callbacks, verbose=_verbosity(t.verbose), class_weight=class_weight,
+            shuffle=False,  # the pipeline shuffles, with the seed
+        )
+        losses = fitted.history.get("loss", [])
+        epoch += len(losses)
+        if losses and not np.isfinite(losses[-1]):
+            break
+        if grower is None or grower.pending is None:
+            break
+        echo(f"epoch {epoch}: batch size {batch_size} -> {grower.pending}")
+        batch_size = grower.batch_size = grower.pending
+        grower.pending = None
+        data["train"] = datasets(prep, batch_size)["train"]
+    # this session's time, plus the epochs that finished before a resume
+    train_time = time.perf_counter() - t0 + sum(float(r.get("time_s", 0.0)) for r in rows)
+
+    best = stateful["best"]
+    es = t.early_stopping
     if losses and not np.isfinite(losses[-1]):
         if best.best_epoch is None:
             raise TrainingError(
-                f"training diverged (loss {losses[-1]} in epoch {epochs_run}) before any epoch "
+                f"training diverged (loss {losses[-1]} in epoch {epoch}) before any epoch "
                 f"finished with a finite {es.monitor}: lower train.optimizer.lr "
-                f"(now {cfg.train.optimizer.lr:g})"
+                f"(now {t.optimizer.lr:g})"
             )
-        echo(f"warning: training diverged in epoch {epochs_run} (loss {losses[-1]}); "
+        echo(f"warning: training diverged in epoch {epoch} (loss {losses[-1]}); "
              f"keeping epoch {best.best_epoch}, the best before it")
 
-    manifest.update(epochs=epochs_run, best_epoch=best.best_epoch, monitor=es.monitor,
-                    best_value=best.best if best.best_epoch else None,
-                    train_time_s=round(train_time, 3))
-    # the best epoch's weights are back in the model; save them as the run's model
+    manifest.update(epochs=epoch, best_epoch=best.best_epoch, monitor=es.monitor,
+                    best_value=best.best, train_time_s=round(train_time, 3))
+    best.restore(model)  # the best epoch's weights are back; save them as the run's model
     with atomic_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
     write_predictions(model, data, bundle, run_dir / "predictions.csv")
     metrics = write_reports(run_dir)
     manifest.close("finished")
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # a finished run needs no resume
 
     parts = [f"{s} accuracy {metrics[s]['accuracy']:.4f}" for s in ("val", "test") if s in metrics]
-    echo(f"done in {train_time:.1f}s, {epochs_run} epochs (best {best.best_epoch}): " + ", ".join(parts))
+    echo(f"done in {train_time:.1f}s, {epoch} epochs (best {best.best_epoch}): " + ", ".join(parts))
     return run_dir

@@ -1,0 +1,228 @@
+"""`imgclf evaluate`: recompute a run's numbers from its saved model, or an ensemble's.
+
+One run writes into RUN_DIR/eval/<name>/ (name: the split, plus the data folder's name
+with --data and "-tta-flip" with --tta flip): predictions.csv, a flat metrics.json and the
+same plots and report.html as training. An ensemble (--ensemble) averages its members'
+probabilities on the same items and is written as a run directory of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from imgclf.data.scan import find_images, unreadable_images, visible_subdirs
+from imgclf.data.sources import Split
+from imgclf.errors import ConfigError, DataError
+from imgclf.reports.build import Context, build_reports, write_reports
+from imgclf.reports.metrics import prob_columns
+from imgclf.runs import Manifest, atomic_path, new_run_dir, write_json
+from imgclf.saved import SavedRun, load_model, open_run
+
+TTA_MODES = ("flip",)
+# the keys that decide which items land in which split
+SPLIT_KEYS = ("source", "path", "val_split", "test_split", "holdout_last_n")
+
+
+def check_tta(tta: str | None) -> None:
+    if tta is not None and tta not in TTA_MODES:
+        raise ConfigError(f"Unknown `--tta` mode. Received: tta={tta} (known: {', '.join(TTA_MODES)})")
+
+
+def predict_probs(model, images, tta: str | None = None) -> np.ndarray:
+    """Probabilities (float64, rows summing to 1) for a dataset of images or of (images,
+    labels); ``tta="flip"`` averages them with those of the left-right mirrored images."""
+    import tensorflow as tf
+
+    spec = images.element_spec
+    if isinstance(spec, tuple):
+        images = images.map(lambda x, y: x)
+    probs = model.predict(images, verbose=0).astype(np.float64)
+    if tta == "flip":
+        flipped = images.map(tf.image.flip_left_right)
+        probs = (probs + model.predict(flipped, verbose=0).astype(np.float64)) / 2.0
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def folder_split(root: Path, class_names: list[str]) -> tuple[Split, list[tuple[str, str]]]:
+    """Every readable image under ``root``'s class folders, labelled by the run's classes."""
+    dirs = visible_subdirs(root)
+    unknown = sorted(d.name for d in dirs if d.name not in class_names)
+    if unknown:
+        raise DataError(f"--data {root}: class folders the model does not know: {', '.join(unknown)} "
+                        f"(its classes: {', '.join(class_names)})")
+    files, labels = [], []
+    for d in dirs:
+        found = find_images(d)
+        files += found
+        labels += [class_names.index(d.name)] * len(found)
+    if not files:
+        raise DataError(f"--data {root}: no images in class folders (expected {root}/<class>/...)")
+    bad = unreadable_images(files)
+    bad_set = {p for p, _ in bad}
+    keep = [i for i, p in enumerate(files) if p not in bad_set]
+    split = Split(
+        y=np.array([labels[i] for i in keep], dtype=np.int64),
+        ids=[files[i].relative_to(root).as_posix() for i in keep],
+        files=[str(files[i]) for i in keep],
+    )
+    return split, [(p.relative_to(root).as_posix(), r) for p, r in bad]
+
+
+class EvalData:
+    """The items to evaluate: one split of the run's own data, or a --data folder."""
+
+    def __init__(self, run: SavedRun, data: str | None, split: str | None):
+        from imgclf.data import load_data
+
+        cfg = run.cfg.model_copy(deep=True)
+        self.image_root: str | None = None
+        self.bad_files: list = []
+        if data is not None and cfg.data.source == "folder":
+            root = Path(data).expanduser()
+            if not root.is_dir():
+                raise DataError(f"--data: folder not found: {root}")
+            lower = {d.name.lower(): d for d in visible_subdirs(root)}
+            self.split_name = split or ("test" if "test" in lower else "val" if "val" in lower else "test")
+            if self.split_name in lower and self.split_name not in run.class_names:
+                root = lower[self.split_name]  # a train/ val/ test/ layout: take the split's folder
+            self.split, self.bad_files = folder_split(root, run.class_names)
+            self.image_root = str(root.resolve())
+            self.id_column = "file"
+        else:
+            if data is not None:
+                cfg.data.path = str(Path(data).expanduser())
+            bundle = load_data(cfg.data, cfg.seed)
+            if bundle.class_names != run.class_names:
+                raise DataError(f"the data's classes ({', '.join(bundle.class_names)}) are not the "
+                                f"model's ({', '.join(run.class_names)})")
+            self.split_name = split or ("test" if "test" in bundle.splits else "val")
+            if self.split_name not in bundle.splits:
+                raise DataError(
+                    f"the run's data has no {self.split_name} split (it has "
+                    f"{', '.join(bundle.splits)}); use --split val or --data PATH"
+                )
+            self.split = bundle.splits[self.split_name]
+            self.id_column = bundle.id_column
+            self.bad_files = bundle.bad_files
+        self.cfg = cfg  # the run's config, data.path pointing at what was evaluated
+
+    def probs(self, run: SavedRun, tta: str | None) -> np.ndarray:
+        from imgclf.data.pipeline import make_dataset
+
+        d = run.cfg.data
+        ds = make_dataset(
+            self.split, image_size=tuple(d.image_size), channels=d.channels,
+            num_classes=len(run.class_names), batch_size=d.batch_size, training=False,
+            seed=run.cfg.seed, cache=False,
+        )
+        return predict_probs(load_model(run.path / "model.keras"), ds, tta)
+
+
+def write_prediction_rows(path: Path, split: str, id_column: str, ids: list, y: np.ndarray,
+                          probs: np.ndarray, class_names: list[str]) -> None:
+    names = np.array(class_names)
+    frame = pd.DataFrame({"split": split, id_column: ids, "true_label": names[y],
+                          "pred_label": names[probs.argmax(axis=1)]})
+    frame[prob_columns(class_names)] = probs
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.10g")
+
+
+def _summary(split: str, m: dict) -> str:
+    auc = f"{m['roc_auc_ovr']:.4f}" if m.get("roc_auc_ovr") is not None else "n/a"
+    return (f"{split}: accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f}, "
+            f"loss {m['loss']:.4f}, ROC AUC {auc} (n={m['n']})")
+
+
+def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | None = None,
+                 tta: str | None = None, name: str | None = None, echo=print) -> Path:
+    check_tta(tta)
+    run = open_run(run_dir)
+    note = run.unfinished_note()
+    if note:
+        echo(f"warning: {note}")
+    items = EvalData(run, data, split)
+    for p, why in items.bad_files[:5]:
+        echo(f"warning: skipped unreadable {p}: {why}")
+    if not name:
+        name = items.split_name + (f"-{Path(data).name}" if data else "") + (f"-tta-{tta}" if tta else "")
+    out = run.path / "eval" / name
+    out.mkdir(parents=True, exist_ok=True)
+    probs = items.probs(run, tta)
+    write_prediction_rows(out / "predictions.csv", items.split_name, items.id_column, items.split.ids,
+                          items.split.y, probs, run.class_names)
+    write_json(out / "eval.json", {
+        "run": run.name, "run_status": run.status, "split": items.split_name,
+        "data": str(Path(data).expanduser().resolve()) if data else None, "tta": tta,
+        "n": len(items.split), "skipped_unreadable": len(items.bad_files),
+    })
+    ctx = Context(
+        class_names=run.class_names,
+        title=f"{run.name}: {name}",
+        subtitle=f"evaluate: {run.cfg.model.name} on the {items.split_name} split"
+                 + (f" of {data}" if data else "") + (f", test-time augmentation {tta}" if tta else ""),
+        config_text=(run.path / "config.yaml").read_text(encoding="utf-8"),
+        cfg=items.cfg, image_root=items.image_root, curves_png=run.path / "curves.png",
+        notes=[note] if note else [],
+    )
+    if items.bad_files:
+        ctx.notes.append(f"{len(items.bad_files)} unreadable file(s) skipped, e.g. {items.bad_files[0][0]}")
+    metrics = build_reports(out, ctx, flat=True)
+    echo(_summary(items.split_name, metrics[items.split_name]))
+    return out
+
+
+def evaluate_ensemble(run_dirs: list, *, data: str | None = None, split: str | None = None,
+                      tta: str | None = None, out: str | None = None, echo=print) -> Path:
+    """Average the members' probabilities on the first member's data (or --data); each member
+    sees the items at its own input size and channels."""
+    check_tta(tta)
+    if len(run_dirs) < 2:
+        raise ConfigError(f"--ensemble needs at least two run directories. Received: {len(run_dirs)}")
+    runs = [open_run(d) for d in run_dirs]
+    first = runs[0]
+    for run in runs[1:]:
+        if run.class_names != first.class_names:
+            raise DataError(f"ensemble members disagree on the classes: {first.name} has "
+                            f"{first.class_names}, {run.name} has {run.class_names}")
+        if data is None:  # the same split of the same data, or one member's test set is another's train
+            for key in ("seed", *SPLIT_KEYS):
+                a = first.cfg.seed if key == "seed" else getattr(first.cfg.data, key)
+                b = run.cfg.seed if key == "seed" else getattr(run.cfg.data, key)
+                if a != b:
+                    raise DataError(
+                        f"ensemble members split their data differently: {key} is {a!r} in "
+                        f"{first.name} but {b!r} in {run.name}; pass --data to evaluate on one folder"
+                    )
+    for run in runs:
+        note = run.unfinished_note()
+        if note:
+            echo(f"warning: {note}")
+    items = EvalData(first, data, split)
+    probs = np.mean([items.probs(run, tta) for run in runs], axis=0)
+
+    run_dir = new_run_dir(out or first.cfg.output.dir, "ensemble")
+    manifest = Manifest(run_dir, "evaluate --ensemble")
+    try:
+        manifest.update(
+            model="ensemble(" + " + ".join(r.manifest.get("model") or r.cfg.model.name for r in runs) + ")",
+            params=sum(int(r.manifest.get("params") or 0) for r in runs),
+            members=[str(r.path.resolve()) for r in runs],
+            member_status={r.name: r.status for r in runs},
+            split=items.split_name, tta=tta, sizes={items.split_name: len(items.split)},
+            data=items.image_root,
+            data_path=str(Path(data).expanduser().resolve()) if data else None,
+        )
+        write_json(run_dir / "classes.json", first.class_names)
+        write_prediction_rows(run_dir / "predictions.csv", items.split_name, items.id_column,
+                              items.split.ids, items.split.y, probs, first.class_names)
+        metrics = write_reports(run_dir)
+        manifest.close("finished")
+    except BaseException as exc:
+        manifest.close("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    echo(_summary(items.split_name, metrics[items.split_name]))
+    return run_dir

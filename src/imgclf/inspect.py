@@ -1,0 +1,160 @@
+"""`imgclf inspect`: what is in a data set before training on it.
+
+Class counts per split and the imbalance ratio, image sizes and modes, the files that do not
+decode, and a PNG grid of sample images per class; with --augment, the same images again
+after the config's training augmentation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.config import Config, load_config
+from imgclf.errors import ConfigError, DataError
+
+SAMPLES_PER_CLASS = 6
+MAX_CLASSES_SHOWN = 12
+DISPLAY_SIZE = (128, 128)  # folders with no data.image_size: augment at this size
+
+
+def config_for(target: str | Path) -> Config:
+    """A config file as it is; a folder of class folders or an .npz file with defaults."""
+    path = Path(target).expanduser()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return load_config(path)
+    if path.is_dir():
+        return load_config(None, ["data.source=folder", f"data.path={path}"])
+    if path.suffix.lower() == ".npz":
+        return load_config(None, ["data.source=npz", f"data.path={path}"])
+    if not path.exists():
+        raise DataError(f"not found: {path} (expected a data folder, an .npz file or a config .yaml)")
+    raise ConfigError(f"expected a data folder, an .npz file or a config .yaml. Received: {path}")
+
+
+def _image_stats(files: list[str]) -> tuple[Counter, Counter, np.ndarray]:
+    """(modes, formats, sizes as (N, 2) width/height) from the files' headers (no decoding)."""
+    from PIL import Image
+
+    modes, formats, sizes = Counter(), Counter(), []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                modes[im.mode] += 1
+                formats[im.format or "?"] += 1
+                sizes.append(im.size)
+        except (OSError, ValueError):
+            modes["(PIL cannot open)"] += 1
+    return modes, formats, np.array(sizes, dtype=np.int64).reshape(-1, 2)
+
+
+def _samples(bundle, seed: int, per_class: int) -> tuple[list, list[str]]:
+    """Up to ``per_class`` seeded picks of each class from the training split."""
+    from imgclf.reports.images import _thumb
+
+    train = bundle.splits["train"]
+    rng = np.random.default_rng(seed)
+    images, titles = [], []
+    for c, name in enumerate(bundle.class_names[:MAX_CLASSES_SHOWN]):
+        idx = np.flatnonzero(train.y == c)
+        pick = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+        for i in pick:
+            images.append(train.x[i] if train.files is None else _thumb(Path(train.files[i])))
+            titles.append(name)
+    return images, titles
+
+
+def _augmented(images: list[np.ndarray], cfg: Config, size) -> list[np.ndarray]:
+    import keras
+
+    from imgclf._tf import import_tensorflow
+
+    tf = import_tensorflow()
+    from imgclf.data.augment import augmentation_layers, split_steps
+
+    keras.utils.set_random_seed(cfg.seed)
+    channels = images[0].shape[-1] if images[0].ndim == 3 else 1
+    # the per-image steps, wherever they run; MixUp/CutMix mix pairs of images and are not shown
+    per_image, _ = split_steps(cfg.augment, "model", (*size, channels))
+    layers = augmentation_layers(per_image, seed=cfg.seed)
+    batch = tf.stack([tf.image.resize(tf.cast(im, tf.float32), size, antialias=True) for im in images])
+    for layer in layers:
+        batch = layer(batch, training=True)
+    return list(np.clip(np.rint(np.asarray(batch)), 0, 255).astype(np.uint8))
+
+
+def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "samples.png",
+            per_class: int = SAMPLES_PER_CLASS, echo=print) -> list[Path]:
+    """Print the summary; write the grid(s); return the PNG paths written."""
+    from imgclf.data import load_data
+    from imgclf.reports.plots import plot_image_grid
+
+    cfg = config_for(target)
+    if augment and not cfg.augment:
+        raise ConfigError("--augment: the config has no augment steps (pass a config .yaml with an "
+                          "`augment:` list)")
+    grid = Path(grid)
+    if not grid.parent.is_dir():
+        raise DataError(f"--grid: folder not found: {grid.parent}")
+    if per_class < 1:
+        raise ConfigError(f"--per-class must be at least 1. Received: per_class={per_class}")
+    bundle = load_data(cfg.data, cfg.seed)
+    d = cfg.data
+    echo(f"data: {d.source}" + (f" {d.path}" if d.path else "") + f"; {bundle.summary()}")
+
+    # class counts per split, and the imbalance over all splits
+    names = bundle.class_names
+    counts = {s: np.bincount(part.y, minlength=len(names)) for s, part in bundle.splits.items()}
+    total = sum(counts.values())
+    width = max(len("class"), *(len(n) for n in names))
+    echo(f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in counts) + f"  {'total':>6}")
+    for i, n in enumerate(names):
+        echo(f"{n:<{width}}  " + "  ".join(f"{counts[s][i]:>6}" for s in counts) + f"  {total[i]:>6}")
+    ratio = total.max() / max(total.min(), 1)
+    if total.max() == total.min():
+        echo(f"imbalance: 1.00 (every class has {total.max()})")
+    else:
+        echo(f"imbalance: {ratio:.2f} (largest class {names[int(total.argmax())]} {total.max()}, "
+             f"smallest {names[int(total.argmin())]} {total.min()})")
+
+    if bundle.kind == "files":
+        files = [f for part in bundle.splits.values() for f in part.files]
+        modes, formats, sizes = _image_stats(files)
+        echo("modes: " + ", ".join(f"{m} {k}" for m, k in modes.most_common()))
+        echo("formats: " + ", ".join(f"{m} {k}" for m, k in formats.most_common()))
+        if len(sizes):
+            w, h = sizes[:, 0], sizes[:, 1]
+            common = Counter(map(tuple, sizes.tolist())).most_common(3)
+            echo(f"width  min {w.min()}, median {int(np.median(w))}, max {w.max()}; "
+                 f"height min {h.min()}, median {int(np.median(h))}, max {h.max()}")
+            echo("most common sizes (WxH): " + ", ".join(f"{a}x{b} ({k})" for (a, b), k in common))
+    else:
+        mode = "L (grayscale)" if bundle.channels == 1 else "RGB"
+        h, w = bundle.image_size
+        echo(f"images: all {w}x{h} (WxH), mode {mode}, uint8")
+    if bundle.bad_files:
+        echo(f"unreadable: {len(bundle.bad_files)} file(s) skipped:")
+        for p, why in bundle.bad_files[:20]:
+            echo(f"  {p}: {why}")
+        if len(bundle.bad_files) > 20:
+            echo(f"  ... and {len(bundle.bad_files) - 20} more")
+    else:
+        echo("unreadable: none")
+
+    images, titles = _samples(bundle, cfg.seed, per_class)
+    shown = "" if len(names) <= MAX_CLASSES_SHOWN else f" (first {MAX_CLASSES_SHOWN} of {len(names)} classes)"
+    cols = max(1, min(per_class, max(1, len(titles))))
+    plot_image_grid(images, titles, grid, title=f"training samples per class{shown}", cols=cols)
+    written = [grid]
+    echo(f"samples: {grid}")
+    if augment:
+        size = tuple(d.image_size) if d.image_size else (bundle.image_size or DISPLAY_SIZE)
+        out = grid.with_name(f"{grid.stem}_augmented{grid.suffix}")
+        steps = ", ".join(s.name for s in cfg.augment)
+        plot_image_grid(_augmented(images, cfg, size), titles, out,
+                        title=f"the same images after augmentation ({steps})", cols=cols)
+        written.append(out)
+        echo(f"augmented: {out}")
+    return written

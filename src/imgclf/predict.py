@@ -1,0 +1,222 @@
+"""`imgclf predict`: the top-k classes of every image in a file or folder, streamed.
+
+Files are decoded, resized and converted exactly as in training (data/pipeline.py), in
+parallel batches, and each row is written as soon as its batch is done, so memory stays flat
+however many files there are. A file that does not decode gets a row with its error and a
+warning; the rest go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.data.scan import find_images
+from imgclf.errors import ConfigError, DataError, ModelError
+from imgclf.runs import atomic_path, read_json
+from imgclf.saved import load_model, open_run
+
+DEFAULT_TOP_K = 3
+FORMATS = (".csv", ".json")
+
+
+@dataclass
+class Predictor:
+    model: object
+    class_names: list[str]
+    image_size: tuple[int, int]
+    channels: int
+
+
+def load_predictor(model_or_run: str | Path) -> Predictor:
+    """A run directory (its model.keras, classes.json and config.yaml's input size) or a
+    .keras file (its own input shape; classes.json beside it if there is one)."""
+    path = Path(model_or_run)
+    if path.is_dir():
+        run = open_run(path)
+        model = load_model(path / "model.keras")
+        d = run.cfg.data
+        size, channels, names = tuple(d.image_size), d.channels, run.class_names
+    elif path.suffix == ".keras":
+        model = load_model(path)
+        shape = tuple(model.input_shape)
+        if len(shape) != 4 or None in shape[1:]:
+            raise ModelError(f"{path}: expected a fixed image input (H, W, C), got {shape}")
+        size, channels = (int(shape[1]), int(shape[2])), int(shape[3])
+        classes = path.parent / "classes.json"
+        names = read_json(classes) if classes.exists() else None
+    elif path.exists():
+        raise ModelError(f"expected a run directory or a .keras model file. Received: {path}")
+    else:
+        raise ModelError(f"no such run directory or model file: {path}")
+    units = int(model.output_shape[-1])
+    names = names or [str(i) for i in range(units)]
+    if len(names) != units:
+        raise ModelError(f"{path}: the model has {units} outputs but {len(names)} class names")
+    if channels not in (1, 3):
+        raise ModelError(f"{path}: the model takes {channels} channels; images give 1 or 3")
+    return Predictor(model, list(names), size, channels)
+
+
+def list_inputs(input_path: str | Path) -> tuple[list[Path], Path]:
+    """(files in sorted order, the folder their reported paths are relative to)."""
+    path = Path(input_path).expanduser()
+    if path.is_file():
+        return [path], path.parent
+    if path.is_dir():
+        files = find_images(path)
+        if not files:
+            raise DataError(f"no image files (.jpg .jpeg .png .bmp .gif) under {path}")
+        return files, path
+    raise DataError(f"input not found: {path}")
+
+
+class _Rows:
+    """Rows out as CSV or JSON (a list of objects), one at a time."""
+
+    def __init__(self, fh, fmt: str, k: int):
+        self.fh, self.fmt, self.k, self.count = fh, fmt, k, 0
+        if fmt == ".csv":
+            self.writer = csv.writer(fh, lineterminator="\n")
+            head = ["file"]
+            for i in range(1, k + 1):
+                head += [f"top{i}_label", f"top{i}_prob"]
+            self.writer.writerow(head + ["error"])
+        else:
+            fh.write("[")
+
+    def write(self, file: str, top: list[tuple[str, float]], error: str = "") -> None:
+        if self.fmt == ".csv":
+            cells = [file]
+            for label, prob in top:
+                cells += [label, f"{prob:.6g}"]
+            cells += [""] * (2 * (self.k - len(top)))
+            self.writer.writerow(cells + [error])
+        else:
+            obj = {"file": file, "top": [{"label": lab, "prob": round(p, 6)} for lab, p in top],
+                   "error": error or None}
+            self.fh.write(("," if self.count else "") + "\n  " + json.dumps(obj))
+        self.count += 1
+
+    def close(self) -> None:
+        if self.fmt == ".json":
+            self.fh.write("\n]\n" if self.count else "]\n")
+
+
+@dataclass
+class PredictSummary:
+    total: int
+    failed: int
+    output: Path | None
+
+
+def _why(path: Path) -> str:
+    from imgclf._tf import import_tensorflow
+    from imgclf.data import scan
+    from imgclf.data.pipeline import decode_file
+
+    why = scan._why(path, decode_file, import_tensorflow())
+    # TensorFlow wraps the decoder's message: {{function_node ...}} MESSAGE [Op:DecodeImage] name:
+    return re.sub(r"\s*\[Op:.*$", "", re.sub(r"^\{\{.*?\}\}\s*", "", why)) or why
+
+
+def predict(model_or_run, input_path, *, top_k: int | None = None, output: str | Path | None = None,
+            batch_size: int = 64, tta: str | None = None, warn=print, progress=None,
+            stdout=None) -> PredictSummary:
+    """Write one row per file (sorted) with the top-k classes, or its error; ``progress(done,
+    total)`` is called as the work starts and after each batch."""
+    from imgclf.evaluate import check_tta
+
+    check_tta(tta)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1. Received: batch_size={batch_size}")
+    fmt = ".csv"
+    if output is not None:
+        output = Path(output)
+        fmt = output.suffix.lower()
+        if fmt not in FORMATS:
+            raise ConfigError(f"--output must end in .csv or .json. Received: output={output}")
+        if not output.parent.is_dir():
+            raise DataError(f"--output: folder not found: {output.parent}")
+    pred = load_predictor(model_or_run)
+    files, base = list_inputs(input_path)
+    n_classes = len(pred.class_names)
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, n_classes)
+    if not 1 <= top_k <= n_classes:
+        raise ConfigError(f"--top-k must be between 1 and {n_classes} (the model's classes). "
+                          f"Received: top_k={top_k}")
+
+    if output is None:
+        failed = _run(pred, files, base, top_k, batch_size, tta, _Rows(stdout or sys.stdout, fmt, top_k),
+                      warn, progress)
+    else:
+        with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+            failed = _run(pred, files, base, top_k, batch_size, tta, _Rows(fh, fmt, top_k), warn, progress)
+    return PredictSummary(total=len(files), failed=failed, output=output)
+
+
+def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int, tta: str | None,
+         rows: _Rows, warn, progress) -> int:
+    from imgclf._tf import import_tensorflow
+
+    tf = import_tensorflow()
+    from imgclf.data.pipeline import _to_channels, decode_image
+
+    size, channels = pred.image_size, pred.channels
+
+    def load(i, p):
+        img = tf.cast(decode_image(p, size), tf.float32)
+        return i, _to_channels(img, 3, channels)
+
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(files)), [str(f) for f in files]))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # a file that fails to decode drops out here; its index is missing from the batches
+    ds = ds.ignore_errors().batch(batch_size).prefetch(2)
+    names = pred.class_names
+    failed = 0
+    next_i = 0
+    if progress:
+        progress(0, len(files))
+
+    def fail_until(stop: int) -> None:
+        nonlocal next_i, failed
+        for j in range(next_i, stop):
+            why = _why(files[j])
+            rel = files[j].relative_to(base).as_posix()
+            warn(f"warning: {rel}: {why}")
+            rows.write(rel, [], why)
+            failed += 1
+        next_i = max(next_i, stop)
+
+    for idx, images in ds:
+        probs = np.asarray(pred.model.predict_on_batch(images), dtype=np.float64)
+        if tta == "flip":
+            flipped = tf.image.flip_left_right(images)
+            probs = (probs + np.asarray(pred.model.predict_on_batch(flipped), dtype=np.float64)) / 2
+        probs /= probs.sum(axis=1, keepdims=True)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        for row, i in enumerate(idx.numpy()):
+            fail_until(int(i))
+            top = [(names[c], float(probs[row, c])) for c in order[row]]
+            rows.write(files[i].relative_to(base).as_posix(), top)
+            next_i = int(i) + 1
+        if progress:
+            progress(next_i, len(files))
+    fail_until(len(files))
+    if progress:
+        progress(len(files), len(files))
+    rows.close()
+    return failed
+
+
+def summary_line(s: PredictSummary) -> str:
+    where = f" -> {s.output}" if s.output else ""
+    fails = f", {s.failed} unreadable (error rows)" if s.failed else ""
+    return f"predicted {s.total - s.failed} of {s.total} file(s){fails}{where}"

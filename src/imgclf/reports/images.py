@@ -1,0 +1,42 @@
+"""The images behind rows of predictions.csv, for the misclassified grid.
+
+A row names its image by ``file`` (a path relative to the data folder) or by ``index`` (a
+position in an array source, which loads again from the run's config: sources are seeded,
+so the split is the same one). Images come back as uint8 H x W x 1|3 arrays, shrunk for display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.config import Config
+
+THUMB = 128
+
+
+def _thumb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (THUMB, THUMB))  # JPEG: decode at a reduced scale
+            im = im.convert("RGB")
+            im.thumbnail((THUMB, THUMB))
+            return np.asarray(im)
+    except (OSError, ValueError):  # PIL may refuse what TensorFlow read: a blank tile
+        return np.full((THUMB, THUMB, 3), 255, dtype=np.uint8)
+
+
+def load_images(cfg: Config, split: str, ids: list, root: str | Path | None = None) -> list[np.ndarray]:
+    """The images of ``ids`` in ``split``: files under ``root`` (or the config's folder),
+    or items of the config's array source."""
+    if root is not None or cfg.data.source == "folder":
+        base = Path(root if root is not None else cfg.data.path).expanduser()
+        return [_thumb(base / str(i)) for i in ids]
+    from imgclf.data import load_data
+
+    part = load_data(cfg.data, cfg.seed).splits[split]
+    where = {int(item): pos for pos, item in enumerate(part.ids)}
+    return [part.x[where[int(i)]] for i in ids]

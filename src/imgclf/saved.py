@@ -1,0 +1,89 @@
+"""A run directory as the commands after training see it: its saved model, resolved config,
+class names and status. Evaluate, predict and compare read runs only through here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from imgclf.errors import ConfigError, DataError, ModelError
+from imgclf.runs import MANIFEST, read_json
+
+
+@dataclass
+class SavedRun:
+    path: Path
+    manifest: dict  # run.json ({} when absent)
+    class_names: list[str]
+    cfg: object | None  # the resolved Config (None for an ensemble, which has no config.yaml)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        return self.manifest.get("status", "unknown")
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    def unfinished_note(self) -> str | None:
+        """One line for a run that is not (or not known to be) finished, else None."""
+        if self.finished:
+            return None
+        epoch = self.manifest.get("best_epoch")
+        saved = f"the model it saved last (best epoch {epoch})" if epoch else "the model it saved last"
+        if self.status == "unknown":
+            return f"run {self.name} has no run.json: its status is unknown; using {saved}"
+        return f"run {self.name} is {self.status}, not finished: using {saved}"
+
+
+def open_run(path: str | Path, need_model: bool = True) -> SavedRun:
+    """Check that ``path`` is a run directory and read its small files (not the model)."""
+    from imgclf.config import load_config
+
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"run directory not found: {path}")
+    manifest = {}
+    if (path / MANIFEST).exists():
+        try:
+            manifest = read_json(path / MANIFEST)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path / MANIFEST}: not valid JSON: {exc}") from None
+    if not (path / "classes.json").exists():
+        raise DataError(f"{path} is not a run directory: it has no classes.json")
+    if need_model and not (path / "model.keras").exists():
+        status = manifest.get("status", "unknown")
+        raise ModelError(f"{path} has no model.keras (run status: {status}): nothing to evaluate")
+    cfg = None
+    if (path / "config.yaml").exists():
+        try:
+            cfg = load_config(path / "config.yaml")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: the saved config no longer loads: {exc}") from None
+    elif need_model:
+        raise DataError(f"{path} is not a run directory: it has no config.yaml")
+    return SavedRun(path=path, manifest=manifest, class_names=read_json(path / "classes.json"), cfg=cfg)
+
+
+def load_model(path: str | Path):
+    """A saved .keras model, without its optimizer, refusing unsafe (lambda) code."""
+    import keras
+
+    import imgclf.data.augment  # noqa: F401  (registers our augmentation layers)
+    import imgclf.models.layers  # noqa: F401  (and the models' own, e.g. CaffePreprocess)
+    import imgclf.training.optimizers  # noqa: F401  (and optimizers and schedules, for compile=True users)
+    import imgclf.training.schedules  # noqa: F401
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load {path}: {first[:300]}") from None

@@ -1,0 +1,210 @@
+"""evaluate (one run, --data, --tta, --ensemble) and the report pages, checked against
+scikit-learn and against the members' own probabilities."""
+
+import base64
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn import metrics as skm
+from typer.testing import CliRunner
+
+from conftest import pattern_image, sklearn_metrics
+from imgclf.cli import app
+from imgclf.reports.metrics import METRIC_KEYS, prob_columns
+
+runner = CliRunner()
+PNG = b"\x89PNG\r\n\x1a\n"
+REPORT_FILES = {"metrics.json", "per_class.csv", "predictions.csv", "confusion_matrix.csv",
+                "confusion_matrix_normalized.csv", "confusion_matrix.png", "roc.png",
+                "misclassified.png", "report.html"}
+
+
+def evaluate(*args):
+    result = runner.invoke(app, ["evaluate", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result, Path(result.output.strip().splitlines()[-1])
+
+
+def classes(run):
+    return json.loads((run / "classes.json").read_text())
+
+
+def probs_of(folder, names):
+    preds = pd.read_csv(folder / "predictions.csv", keep_default_na=False)
+    return preds, preds[prob_columns(names)].to_numpy()
+
+
+def assert_matches_sklearn(metrics, rows, names, skip=()):
+    _, _, expected = sklearn_metrics(rows, names)
+    assert set(expected) == set(METRIC_KEYS)
+    for key in set(METRIC_KEYS) - set(skip):
+        assert metrics[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_evaluate_recomputes_the_runs_numbers(digits_runs):
+    run = digits_runs[0]
+    result, out = evaluate(run)
+    assert out == run / "eval" / "test"
+    assert REPORT_FILES | {"eval.json"} <= {p.name for p in out.iterdir()}
+    assert "test: accuracy" in result.output
+
+    names = classes(run)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"n", "top_k", *METRIC_KEYS}  # one split: flat
+    preds, _ = probs_of(out, names)
+    assert set(preds["split"]) == {"test"} and metrics["n"] == len(preds) == 360
+    assert_matches_sklearn(metrics, preds, names)
+    # the saved model, loaded again, gives the numbers training wrote for its test split
+    trained = json.loads((run / "metrics.json").read_text())["test"]
+    for key in METRIC_KEYS:
+        assert metrics[key] == pytest.approx(trained[key], abs=1e-5), key
+    for split in ("val", "test"):
+        rows = pd.read_csv(run / "predictions.csv", keep_default_na=False)
+        assert_matches_sklearn(trained if split == "test" else
+                               json.loads((run / "metrics.json").read_text())["val"],
+                               rows[rows["split"] == split], names)
+
+
+def test_ensemble_is_the_mean_of_member_probabilities(digits_runs, tmp_path):
+    names = classes(digits_runs[0])
+    members = [probs_of(evaluate(run, "--split", "val")[1], names)[1] for run in digits_runs]
+    result, ens = evaluate("--ensemble", *digits_runs, "--split", "val", "--out", tmp_path)
+    assert ens.parent == tmp_path
+    preds, probs = probs_of(ens, names)
+    np.testing.assert_allclose(probs, np.mean(members, axis=0), atol=1e-6)
+    assert not np.allclose(members[0], members[1], atol=1e-3)  # two different models
+
+    manifest = json.loads((ens / "run.json").read_text())
+    assert manifest["status"] == "finished"
+    assert manifest["members"] == [str(r.resolve()) for r in digits_runs]
+    assert manifest["model"] == "ensemble(simple_cnn + mlp)"
+    metrics = json.loads((ens / "metrics.json").read_text())
+    assert set(metrics) == {"val"}  # reported like a run: one object per split
+    assert_matches_sklearn(metrics["val"], preds, names)
+    assert REPORT_FILES <= {p.name for p in ens.iterdir()}
+
+
+def test_ensemble_refuses_members_split_differently(digits_runs, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(digits_runs[1], other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["data"]["val_split"] = 0.3
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["evaluate", "--ensemble", str(digits_runs[0]), str(other)])
+    assert result.exit_code == 2
+    assert "val_split is 0.2" in result.output and "0.3" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_tta_flip_averages_the_mirrored_images():
+    import keras
+    import tensorflow as tf
+
+    from imgclf.evaluate import predict_probs
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(0).uniform(0, 255, (5, 4, 4, 1)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(2)
+    plain = model.predict(x, verbose=0)
+    mirrored = model.predict(x[:, :, ::-1, :], verbose=0)
+    np.testing.assert_allclose(predict_probs(model, ds), plain, atol=1e-6)
+    np.testing.assert_allclose(predict_probs(model, ds, "flip"), (plain + mirrored) / 2, atol=1e-6)
+
+
+class _Refs(HTMLParser):
+    """Every attribute that can load something, and inline CSS urls."""
+
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.other = [], []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if tag == "img" and name == "src":
+                self.imgs.append(value)
+            elif name in ("src", "href", "srcset", "data", "poster", "action", "background"):
+                self.other.append((tag, name, value))
+            elif name == "style" and "url(" in (value or ""):
+                self.other.append((tag, name, value))
+        if tag in ("script", "link", "iframe", "object", "embed"):
+            self.other.append((tag, "", ""))
+
+
+def assert_self_contained(page: Path, n_images: int):
+    text = page.read_text()
+    refs = _Refs()
+    refs.feed(text)
+    assert refs.other == []
+    assert "url(" not in text.split("<body>")[0]  # no fonts or images fetched by the styles
+    assert len(refs.imgs) == n_images
+    for src in refs.imgs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG
+
+
+def test_report_html_references_only_embedded_images(folder_run):
+    # the end of train wrote it; evaluate writes the same page for its folder
+    assert_self_contained(folder_run / "report.html", 4)  # curves, confusion, ROC, misclassified
+    text = (folder_run / "report.html").read_text()
+    for word in ("macro F1", "roc_auc_ovr", "cohen_kappa", "Per class", "ants", "Config", "simple_cnn"):
+        assert word in text
+    _, out = evaluate(folder_run)
+    assert_self_contained(out / "report.html", 4)
+    assert (out / "misclassified.png").read_bytes()[:8] == PNG
+
+
+def test_evaluate_on_another_folder_skips_unreadable_files(folder_run, tmp_path):
+    rng = np.random.default_rng(5)
+    data = tmp_path / "new"
+    for label, name in enumerate(["ants", "wasps"]):  # a subset of the classes is fine
+        (data / name).mkdir(parents=True)
+        for i in range(4):
+            pattern_image(2 * label, rng).save(data / name / f"x{i}.png")
+    (data / "ants" / "broken.jpg").write_bytes(b"not an image")
+    result, out = evaluate(folder_run, "--data", data, "--name", "fresh")
+    assert out == folder_run / "eval" / "fresh"
+    assert "broken.jpg" in result.output
+    preds = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert sorted(preds["file"]) == [f"{c}/x{i}.png" for c in ("ants", "wasps") for i in range(4)]
+    assert json.loads((out / "eval.json").read_text())["skipped_unreadable"] == 1
+    names = classes(folder_run)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert_matches_sklearn(metrics, preds, names, skip=["roc_auc_ovr"])
+    # no bees here: scikit-learn's one-vs-rest AUC is undefined for them, ours averages the others
+    y = preds["true_label"].map(names.index).to_numpy()
+    probs = preds[prob_columns(names)].to_numpy()
+    present = [skm.roc_auc_score(y == c, probs[:, c]) for c in (0, 2)]
+    assert metrics["roc_auc_ovr"] == pytest.approx(np.mean(present), abs=1e-6)
+
+
+def test_unfinished_runs_are_flagged(digits_runs, tmp_path):
+    run = tmp_path / "halfway"
+    shutil.copytree(digits_runs[0], run, ignore=shutil.ignore_patterns("eval"))
+    manifest = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    result, out = evaluate(run, "--split", "val")
+    assert f"warning: run {run.name} is interrupted" in result.output
+    assert "interrupted" in (out / "report.html").read_text()
+
+    (run / "model.keras").unlink()
+    result = runner.invoke(app, ["evaluate", str(run)])
+    assert result.exit_code == 2 and "has no model.keras (run status: interrupted)" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split", "train"], "Unknown `--split`. Received: split=train"),
+    (["--tta", "rotate"], "Unknown `--tta` mode. Received: tta=rotate"),
+    (["EXTRA"], "evaluate takes one run directory"),
+])
+def test_evaluate_bad_arguments_are_one_line(digits_runs, args, message):
+    result = runner.invoke(app, ["evaluate", str(digits_runs[0]), *args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output

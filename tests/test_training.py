@@ -1,0 +1,202 @@
+"""The recipes wired into `imgclf train`: schedules in history.csv, plateau, batch growth,
+determinism, TensorBoard, resume after SIGKILL, and `imgclf lr-find`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.conftest import FAST
+from typer.testing import CliRunner
+
+from imgclf.cli import app
+from imgclf.config import load_config
+
+runner = CliRunner()
+
+
+def sets(items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def train(*args):
+    return runner.invoke(app, ["train", *args])
+
+
+def run_dir_of(result) -> Path:
+    assert result.exit_code == 0, result.output
+    return Path(result.output.strip().splitlines()[-1])
+
+
+def history(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / "history.csv")
+
+
+NO_STOP = ["train.early_stopping.enabled=false"]
+
+
+def test_the_logged_rate_follows_the_schedule(tmp_path):
+    # step: halve the rate every epoch; each row shows the rate its epoch started with
+    run = run_dir_of(train(*sets(FAST + NO_STOP + ["train.epochs=3", "train.optimizer.lr=0.01",
+                                                   "train.schedule.name=step",
+                                                   "train.schedule.every_epochs=1",
+                                                   "train.schedule.factor=0.5"]),
+                           "--out", str(tmp_path)))
+    lr = history(run)["lr"].to_numpy()
+    np.testing.assert_allclose(lr, 0.01 * 0.5 ** np.arange(3), rtol=1e-6)
+
+
+def test_plateau_cuts_the_rate_when_the_metric_stalls(tmp_path):
+    # at lr 1e-9 nothing moves by Keras' min_delta, so every epoch after the first is a stall,
+    # and the cut after epoch 2 is the rate of epoch 3
+    run = run_dir_of(train(*sets(FAST + NO_STOP + ["train.epochs=4", "train.optimizer.lr=1e-9",
+                                                   "train.schedule.name=plateau",
+                                                   "train.schedule.patience=0",
+                                                   "train.schedule.factor=0.5"]),
+                           "--out", str(tmp_path)))
+    lr = history(run)["lr"].to_numpy()
+    np.testing.assert_allclose(lr, [1e-9, 1e-9, 5e-10, 2.5e-10], rtol=1e-5)
+
+
+def test_the_batch_grows_when_the_metric_crosses_its_threshold(tmp_path):
+    run = run_dir_of(train(*sets(FAST + NO_STOP + ["train.epochs=3"]),
+                           "--set", "train.batch_size_schedule=[{monitor: val_accuracy, above: 0.0, "
+                                    "batch_size: 32}]", "--out", str(tmp_path)))
+    h = history(run)
+    assert h["epoch"].tolist() == [1, 2, 3]
+    assert h["batch_size"].tolist() == [8, 32, 32]
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_deterministic_runs_repeat_exactly(tmp_path):
+    args = sets(FAST + ["train.deterministic=true", "train.epochs=2"])
+    a = history(run_dir_of(train(*args, "--out", str(tmp_path / "a"))))
+    b = history(run_dir_of(train(*args, "--out", str(tmp_path / "b"))))
+    pd.testing.assert_frame_equal(a.drop(columns="time_s"), b.drop(columns="time_s"))
+
+
+def test_tensorboard_logs_land_in_the_run(tmp_path):
+    run = run_dir_of(train(*sets(FAST + ["train.tensorboard=true", "train.epochs=1"]),
+                           "--out", str(tmp_path)))
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event files"
+
+
+def test_an_unknown_class_in_class_weight_is_one_line(tmp_path):
+    result = train(*sets(FAST), "--set", "train.class_weight={cat: 2.0}", "--out", str(tmp_path))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("imgclf: error: train.class_weight:")
+    assert "cat" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_balanced_class_weights_train(folder_data, tmp_path):
+    run = run_dir_of(train(*sets(FAST + ["data.source=folder", f"data.path={folder_data}",
+                                         "data.image_size=16", "train.class_weight=balanced"]),
+                           "--out", str(tmp_path)))
+    assert len(history(run)) == 2
+
+
+def _wait_for(predicate, timeout=240.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_the_run(tmp_path):
+    recipe = ["train.epochs=6", "train.verbose=2", "train.optimizer.lr=0.01", "model.filters=[8]",
+              "model.dense_units=8", "train.schedule.name=cosine", "train.schedule.warmup_epochs=1"]
+    recipe += NO_STOP
+    cmd = [sys.executable, "-m", "imgclf", "train", *sets(recipe), "--out", str(tmp_path / "killed")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def two_epochs_saved():
+            states = list((tmp_path / "killed").glob("*/checkpoint/state.json"))
+            return bool(states) and json.loads(states[0].read_text())["epoch"] >= 2
+        assert _wait_for(two_epochs_saved), "the run never checkpointed two epochs"
+        os.kill(proc.pid, signal.SIGKILL)  # no handler runs: what is on disk is all there is
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run,) = (tmp_path / "killed").iterdir()
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+
+    result = train("--resume", str(run))
+    assert run_dir_of(result) == run
+    assert "resuming" in result.output
+    h = history(run)
+    assert h["epoch"].tolist() == [1, 2, 3, 4, 5, 6]  # every epoch exactly once
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["status"] == "finished" and manifest["resumed"] == 1
+    assert not (run / "checkpoint").exists()
+    # the schedule continued from its step count: the rates match an uninterrupted run
+    whole = history(run_dir_of(train(*sets(recipe), "--out", str(tmp_path / "whole"))))
+    np.testing.assert_allclose(h["lr"], whole["lr"], rtol=1e-6)
+
+
+def test_interrupt_prints_the_resume_command(tmp_path):
+    cmd = [sys.executable, "-m", "imgclf", "train", *sets(["train.epochs=500", "train.verbose=2"] + NO_STOP),
+           "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert _wait_for(lambda: bool(list(tmp_path.glob("*/checkpoint/state.json"))))
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    (run,) = tmp_path.iterdir()
+    assert f"resume with: imgclf train --resume {run}" in out
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_resume_refuses_a_finished_run_and_extra_settings(tmp_path):
+    run = run_dir_of(train(*sets(FAST + ["train.epochs=1"]), "--out", str(tmp_path)))
+    result = train("--resume", str(run))
+    assert result.exit_code == 2 and "already finished" in result.output
+    result = train("--resume", str(run), "--set", "train.epochs=3")
+    assert result.exit_code == 2 and "cannot be combined" in result.output
+    result = train("--resume", str(tmp_path / "nope"))
+    assert result.exit_code == 2 and "not an imgclf run directory" in result.output
+
+
+def test_lr_find_writes_the_curve_and_a_usable_suggestion(tmp_path):
+    result = runner.invoke(app, ["lr-find", *sets(["model.filters=[8]", "model.dense_units=8"]),
+                                 "--steps", "80", "--start-lr", "1e-5", "--end-lr", "1", "--out",
+                                 str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out_dir = Path(result.output.strip().splitlines()[-1])
+    curve = pd.read_csv(out_dir / "lr_find.csv")
+    assert curve["lr"].iloc[0] == pytest.approx(1e-5)
+    ratios = curve["lr"].to_numpy()[1:] / curve["lr"].to_numpy()[:-1]
+    np.testing.assert_allclose(ratios, (1 / 1e-5) ** (1 / 79), rtol=1e-6)  # exponential steps
+    assert (out_dir / "lr_find.png").stat().st_size > 0
+    suggested = json.loads((out_dir / "lr_find.json").read_text())["suggested_lr"]
+    assert 1e-5 < suggested < 1
+    override = next(ln.strip() for ln in result.output.splitlines() if "--set train.optimizer.lr=" in ln)
+    cfg = load_config(None, [override.split(" ", 1)[1]])
+    assert cfg.train.optimizer.lr == pytest.approx(suggested, rel=1e-2)
+
+
+def test_lr_find_suggests_where_the_loss_falls_fastest():
+    from imgclf.training.lr_find import suggest
+
+    lrs = np.logspace(-6, 0, 121)
+    x = np.log10(lrs)
+    loss = 2.0 - 1.5 / (1 + np.exp(-(x + 3) * 4)) + np.where(x > -1, (x + 1) ** 2 * 10, 0)
+    assert np.log10(suggest(lrs, loss)) == pytest.approx(-3, abs=0.1)  # the sigmoid's midpoint
+    assert suggest(lrs, np.linspace(1, 2, 121)) is None  # never falls
