@@ -236,6 +236,13 @@ class BatchGrowth(Section):
     batch_size: PositiveInt
 
 
+class PhasesConfig(Section):
+    head_epochs: Int = Field(0, ge=0)
+    head_lr: Float = Field(1e-3, gt=0.0)
+    unfreeze: Literal["all", "blocks", "layers"] = "all"
+    unfreeze_n: PositiveInt = 1
+
+
 class TrainConfig(Section):
     epochs: PositiveInt = 20
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -247,6 +254,16 @@ class TrainConfig(Section):
     tensorboard: bool = False
     deterministic: bool = False
     verbose: Annotated[Literal["auto", 0, 1, 2], BeforeValidator(_not_bool)] = "auto"
+    phases: PhasesConfig = Field(default_factory=PhasesConfig)
+
+    @model_validator(mode="after")
+    def _phase_two_has_epochs(self):
+        if self.phases.head_epochs >= self.epochs:
+            raise ValueError(
+                f"phases.head_epochs ({self.phases.head_epochs}) must be less than epochs "
+                f"({self.epochs}), which counts both phases"
+            )
+        return self
 
 
 # ------------------------------------------------------------------------ augment

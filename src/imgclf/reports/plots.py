@@ -23,7 +23,8 @@ def _save(fig, path: Path) -> None:
 
 def plot_curves(history: pd.DataFrame, path: Path, title: str = "", best_epoch: int | None = None) -> None:
     """Loss and accuracy against epoch, train and validation side by side; a dashed line
-    marks the best epoch, whose weights the run saved."""
+    marks the best epoch, whose weights the run saved, and a dotted one the start of phase 2
+    in a two-phase run (a ``phase`` column in the history)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for col, style in ((metric, "-o"), (f"val_{metric}", "-s")):
@@ -32,6 +33,9 @@ def plot_curves(history: pd.DataFrame, path: Path, title: str = "", best_epoch: 
                 ax.plot(history["epoch"], history[col], style, ms=3, label=label)
         if best_epoch:
             ax.axvline(best_epoch, color="gray", ls="--", lw=1, label=f"best epoch ({best_epoch})")
+        if "phase" in history and history["phase"].nunique() > 1:  # train.phases: where phase 2 starts
+            start = history.loc[history["phase"] > history["phase"].min(), "epoch"].min()
+            ax.axvline(start - 0.5, color="tab:red", ls=":", lw=1.5, label=f"phase 2 (epoch {start})")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)

@@ -24,6 +24,7 @@ from imgclf.errors import ConfigError, TrainingError
 from imgclf.reports import write_reports
 from imgclf.reports.metrics import prob_columns
 from imgclf.runs import MANIFEST, Manifest, atomic_path, new_run_dir, read_json, write_json, write_text
+from imgclf.training.phases import is_partial, is_phased, phase_after
 
 DEFAULT_FOLDER_SIZE = (224, 224)
 MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
@@ -124,6 +125,22 @@ def compile_model(model, t: TrainConfig, steps: int, epochs: int | None = None) 
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
+def enter_phase(model, prep: Prepared, phase: int, batch_size: int | None = None) -> str:
+    """Freeze what ``phase`` keeps frozen (train.phases) and compile for it; returns a line
+    for the log that says what trains."""
+    from imgclf.models import get_entry
+    from imgclf.training import phases
+
+    return phases.enter_phase(model, prep.cfg.train, phase, steps_per_epoch(prep, batch_size),
+                              get_entry(prep.cfg.model.name).block_pattern)
+
+
+def _checkpoint_phase(t: TrainConfig, state: dict | None) -> int:
+    if state is None:
+        return phase_after(t, 0)
+    return state.get("phase", phase_after(t, state["epoch"]))
+
+
 def datasets(prep: Prepared, train_batch_size: int | None = None) -> dict:
     """One dataset per split; the training split's batch may differ from data.batch_size
     (train.batch_size_schedule), evaluation batches never change."""
@@ -194,7 +211,9 @@ def train(cfg: Config, out: str | None = None, echo=print) -> Path:
     # a model that cannot be built, weights that do not fit, or a recipe the optimizer
     # refuses all fail before a run directory exists
     model = build_model(prep)
-    compile_model(model, cfg.train, steps_per_epoch(prep))
+    trains = enter_phase(model, prep, phase_after(cfg.train, 0))
+    if is_partial(cfg.train) and not is_phased(cfg.train):
+        echo(trains)  # phased runs say so as each phase starts
     name = cfg.output.name or f"{cfg.model.name}-{cfg.data.source}"
     run_dir = new_run_dir(out or cfg.output.dir, name)
     manifest = Manifest(run_dir, "train")
@@ -220,7 +239,8 @@ def resume(run_dir: str | Path, echo=print) -> Path:
     model = build_model(prep)
     state = read_checkpoint(run_dir)
     batch = (state or {}).get("callbacks", {}).get("batch_size", {}).get("batch_size")
-    compile_model(model, cfg.train, steps_per_epoch(prep))
+    # compiled for the phase the checkpoint was taken in, so its optimizer state fits
+    enter_phase(model, prep, _checkpoint_phase(cfg.train, state))
     if state is not None:
         model.optimizer.build(model.trainable_variables)
         model.load_weights(run_dir / CHECKPOINT_DIR / CHECKPOINT_WEIGHTS)
@@ -245,7 +265,7 @@ def _guarded(run_dir: Path, manifest: Manifest, echo, work) -> Path:
         raise
 
 
-def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict]):
+def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict], extra_state=None):
     """The callback list and the callbacks whose state a checkpoint keeps, by name."""
     import keras
 
@@ -277,7 +297,7 @@ def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict]):
     callbacks += [cb for name, cb in stateful.items() if name != "best"]
     if t.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-    callbacks.append(Checkpoint(run_dir, stateful))
+    callbacks.append(Checkpoint(run_dir, stateful, extra_state))
     return callbacks, history, stateful
 
 
@@ -302,7 +322,9 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
 
     epoch = state["epoch"] if state else 0
     rows = HistoryCSV.read(run_dir / "history.csv", epoch)  # drops rows past the checkpoint
-    callbacks, history, stateful = _callbacks(run_dir, cfg, rows)
+    phase = _checkpoint_phase(t, state)  # the phase train() / resume() compiled the model for
+    phased = is_phased(t)
+    callbacks, history, stateful = _callbacks(run_dir, cfg, rows, lambda: {"phase": phase})
     for name, cb_state in (state or {}).get("callbacks", {}).items():
         if name in stateful:
             stateful[name].load_state(cb_state)
@@ -316,8 +338,23 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
 
     t0 = time.perf_counter()
     losses: list[float] = []
-    while epoch < t.epochs and not (stopper and stopper.stopped_epoch):
-        history.extra = {"batch_size": batch_size}
+    if phased and epoch < t.phases.head_epochs:  # phase 1: the head alone, no early stop
+        echo(f"phase 1: training the head; the backbone is frozen (lr {t.phases.head_lr:g})")
+        history.extra = {"phase": 1, "batch_size": batch_size}
+        deciding = {id(cb) for name, cb in stateful.items() if name != "best"}
+        fitted = model.fit(
+            data["train"], validation_data=data.get("val"), initial_epoch=epoch,
+            epochs=t.phases.head_epochs, callbacks=[cb for cb in callbacks if id(cb) not in deciding],
+            verbose=_verbosity(t.verbose), class_weight=class_weight, shuffle=False,
+        )
+        losses = fitted.history.get("loss", [])
+        epoch += len(losses)
+    if phase == 1 and epoch >= t.phases.head_epochs and (not losses or np.isfinite(losses[-1])):
+        phase = 2
+        echo(enter_phase(model, prep, 2, batch_size) + f", from epoch {epoch + 1}")
+    while (epoch < t.epochs and not (stopper and stopper.stopped_epoch)
+           and (not losses or np.isfinite(losses[-1]))):
+        history.extra = {"batch_size": batch_size, **({"phase": 2} if phased else {})}
         fitted = model.fit(
             data["train"], validation_data=data.get("val"), initial_epoch=epoch, epochs=t.epochs,
             callbacks=callbacks, verbose=_verbosity(t.verbose), class_weight=class_weight,
