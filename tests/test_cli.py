@@ -154,7 +154,15 @@ def test_data_errors_from_a_folder(tmp_path):
 def test_models_lists_the_registry():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0
-    assert "simple_cnn" in result.output and "mlp" in result.output
+    rows = {line.split()[0]: line.split() for line in result.output.strip().splitlines()[1:]}
+    assert set(rows) >= {"simple_cnn", "mlp", "resnet20", "inception_small", "vgg16", "vgg19", "resnet50",
+                         "efficientnet_b0", "efficientnet_b4", "efficientnetv2_s", "mobilenet_v3_small",
+                         "mobilenet_v3_large"}
+    # name, family, default input size, backbone parameters, ImageNet weights
+    assert rows["efficientnet_b4"][:5] == ["efficientnet_b4", "efficientnet", "380x380", "17,673,823", "yes"]
+    assert rows["resnet20"][:5] == ["resnet20", "resnet", "32x32", "273,392", "no"]
+    assert rows["simple_cnn"][2:6] == ["any", "by", "config", "no"]
+    assert runner.invoke(app, ["models", "mobilenet*"]).output.count("mobilenetv3") == 2
 
 
 def test_config_command_prints_the_resolved_config():

@@ -121,3 +121,36 @@ def test_phases_need_a_backbone_and_epochs_left_for_phase_two():
         load_config(None, ["train.epochs=3", "train.phases.head_epochs=3"])
     result = train("--set", "model.name=mlp", "--set", "train.phases.head_epochs=1")
     assert result.exit_code == 2 and "mlp has no backbone to freeze" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_after", [2, 3])  # at the phase boundary; inside phase 2
+def test_a_two_phase_run_resumes_in_the_right_phase(stop_after, tmp_path, monkeypatch):
+    """Interrupted after epoch 2 (phase 1's last) or 3, `--resume` compiles for the phase of
+    its checkpoint (the optimizer state fits) and finishes like an uninterrupted run."""
+    from imgclf.training.callbacks import Checkpoint
+
+    recipe = ["model.filters=[8]", "model.dense_units=8", "train.verbose=0", "data.batch_size=64",
+              "train.epochs=4", "train.phases.head_epochs=2", "train.phases.head_lr=0.002",
+              "train.phases.unfreeze=blocks", "train.schedule.name=cosine",
+              "train.early_stopping.enabled=false"]
+    sets = [a for o in recipe for a in ("--set", o)]
+    whole = pd.read_csv(Path(train(*sets, "--out", str(tmp_path / "whole")).output.strip().splitlines()[-1])
+                        / "history.csv")
+    save = Checkpoint.on_epoch_end
+
+    def interrupt(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch + 1 == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", interrupt)
+    assert train(*sets, "--out", str(tmp_path / "cut")).exit_code == 130
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", save)
+    (run,) = (tmp_path / "cut").iterdir()
+    result = train("--resume", str(run))
+    assert result.exit_code == 0, result.output
+    assert ("phase 2: training" in result.output) == (stop_after == 2)
+    resumed = pd.read_csv(run / "history.csv")
+    assert resumed["epoch"].tolist() == [1, 2, 3, 4] and resumed["phase"].tolist() == [1, 1, 2, 2]
+    np.testing.assert_allclose(resumed["lr"], whole["lr"], rtol=1e-6)
