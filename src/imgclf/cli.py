@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -29,9 +30,17 @@ def _terminate_like_ctrl_c() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _fail(exc: ImgclfError) -> None:
-    typer.echo(f"imgclf: error: {exc}", err=True)
-    raise typer.Exit(exc.exit_code)
+@contextmanager
+def _handled():
+    """Our errors as one line and their exit code; Ctrl-C (or SIGTERM) as exit 130."""
+    try:
+        yield
+    except ImgclfError as exc:
+        typer.echo(f"imgclf: error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("imgclf: interrupted", err=True)
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -55,7 +64,7 @@ def train(
     from imgclf.config import load_config
 
     _terminate_like_ctrl_c()
-    try:
+    with _handled():
         if resume is not None:
             if config or set_ or out is not None:
                 raise ImgclfError("--resume takes the run's own config.yaml; it cannot be combined "
@@ -70,11 +79,6 @@ def train(
             from imgclf.training.trainer import train as run_training
 
             run_dir = run_training(cfg, out=str(out) if out else None, echo=typer.echo)
-    except ImgclfError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        typer.echo("imgclf: interrupted", err=True)
-        raise typer.Exit(130) from None
     typer.echo(str(run_dir))
 
 
@@ -91,18 +95,13 @@ def lr_find(
     from imgclf.config import load_config
 
     _terminate_like_ctrl_c()
-    try:
+    with _handled():
         cfg = load_config(config, set_)
         import_tensorflow()
         from imgclf.training.lr_find import lr_find as run_lr_find
 
         run_dir, _ = run_lr_find(cfg, out=str(out) if out else None, start_lr=start_lr, end_lr=end_lr,
                                  steps=steps, echo=typer.echo)
-    except ImgclfError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        typer.echo("imgclf: interrupted", err=True)
-        raise typer.Exit(130) from None
     typer.echo(str(run_dir))
 
 
@@ -134,10 +133,8 @@ def show_config(
     """Print the fully resolved config (defaults + file + overrides) and exit."""
     from imgclf.config import dump_yaml, load_config
 
-    try:
+    with _handled():
         typer.echo(dump_yaml(load_config(config, set_)), nl=False)
-    except ImgclfError as exc:
-        _fail(exc)
 
 
 @app.command()
@@ -157,7 +154,7 @@ def evaluate(
 ) -> None:
     """Recompute metrics, plots and report.html from a saved model; the last line printed is
     the folder written."""
-    try:
+    with _handled():
         if split is not None and split not in ("val", "test"):
             raise ImgclfError(f"Unknown `--split`. Received: split={split} (known: val, test)")
         if not ensemble and len(run_dirs) != 1:
@@ -173,8 +170,6 @@ def evaluate(
         else:
             written = evaluate_run(run_dirs[0], data=data_arg, split=split, tta=tta, name=name,
                                    echo=typer.echo)
-    except ImgclfError as exc:
-        _fail(exc)
     typer.echo(str(written))
 
 
@@ -191,7 +186,7 @@ def predict(
 ) -> None:
     """Top-k classes for every image, one row per file in sorted order; a file that does not
     decode gets a row with its error."""
-    try:
+    with _handled():
         import_tensorflow()
         from imgclf.predict import predict as run_predict
         from imgclf.predict import summary_line
@@ -213,8 +208,6 @@ def predict(
         finally:
             if bars:
                 bars[0].__exit__(None, None, None)
-    except ImgclfError as exc:
-        _fail(exc)
     typer.echo(summary_line(summary), err=True)
 
 
@@ -229,11 +222,9 @@ def compare(
     """One table of runs: model, parameters, epochs, time, val/test accuracy, loss, macro F1."""
     from imgclf.compare import compare as run_compare
 
-    try:
+    with _handled():
         text = run_compare(run_dirs, sort=sort, fmt=fmt, plot=str(plot) if plot else None,
                            warn=lambda t: typer.echo(t, err=True))
-    except ImgclfError as exc:
-        _fail(exc)
     typer.echo(text, nl=False)
     if plot:
         typer.echo(f"curves: {plot}", err=True)
@@ -250,13 +241,11 @@ def inspect_data(
     per_class: int = typer.Option(6, "--per-class", help="Samples per class in the grid."),
 ) -> None:
     """Class counts and imbalance, image sizes and modes, unreadable files, sample grids."""
-    try:
+    with _handled():
         import_tensorflow()
         from imgclf.inspect import inspect as run_inspect
 
         run_inspect(target, augment=augment, grid=grid, per_class=per_class, echo=typer.echo)
-    except ImgclfError as exc:
-        _fail(exc)
 
 
 def main() -> None:
