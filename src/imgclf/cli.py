@@ -28,6 +28,9 @@ def _terminate_like_ctrl_c() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+    # a process started in the background by a non-interactive shell inherits SIGINT ignored,
+    # and Python then leaves it ignored: `kill -INT` must still stop a run cleanly
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextmanager
