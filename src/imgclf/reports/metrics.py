@@ -57,8 +57,8 @@ def _finite_or_none(value: float):
 def split_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
     """Every number of METRIC_KEYS for one split, plus ``n`` (items) and ``top_k`` (the k of
     top_k_accuracy). Precision, recall and F1 average over the classes that occur in the split
-    as true or predicted labels (scikit-learn's default). A number that is undefined for the split (an AUC with one class
-    present, kappa when both sides name one class) is null."""
+    as true or predicted labels (scikit-learn's default). A number that is undefined for the
+    split (an AUC with one class present, kappa when both sides name one class) is null."""
     n = probs.shape[1]
     labels = list(range(n))
     y_pred = probs.argmax(axis=1)
