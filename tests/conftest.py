@@ -85,7 +85,7 @@ def sklearn_metrics(rows, class_names):
     labels = list(range(len(class_names)))
     out = {"accuracy": skm.accuracy_score(y, pred), "loss": skm.log_loss(y, probs, labels=labels)}
     for avg in ("macro", "weighted"):
-        kw = dict(average=avg, labels=labels, zero_division=0)
+        kw = dict(average=avg, zero_division=0)  # over the labels that occur, scikit-learn's default
         out[f"precision_{avg}"] = skm.precision_score(y, pred, **kw)
         out[f"recall_{avg}"] = skm.recall_score(y, pred, **kw)
         out[f"f1_{avg}"] = skm.f1_score(y, pred, **kw)

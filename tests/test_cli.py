@@ -163,6 +163,10 @@ def test_models_lists_the_registry():
     assert rows["resnet20"][:5] == ["resnet20", "resnet", "32x32", "273,392", "no"]
     assert rows["simple_cnn"][2:6] == ["any", "by", "config", "no"]
     assert runner.invoke(app, ["models", "mobilenet*"]).output.count("mobilenetv3") == 2
+    result = runner.invoke(app, ["models", "nothing*"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("imgclf: error: no model matches 'nothing*'; "
+                                     "`imgclf models` lists them all")
 
 
 def test_config_command_prints_the_resolved_config():

@@ -125,3 +125,20 @@ def test_inspect_augmentation_changes_the_images():
     out = _augmented(images, cfg, (8, 8))
     assert [o.shape for o in out] == [(8, 8, 1)] * 3 and out[0].dtype == np.uint8
     assert not all(np.array_equal(a, b) for a, b in zip(images, out))
+
+
+def test_plot_and_grid_files_must_be_png(digits_runs, tmp_path):
+    result = invoke("compare", *digits_runs, "--plot", tmp_path / "curves.pdf")
+    assert result.exit_code == 2 and "--plot must end in .png. Received: plot=" in result.output
+    data = write_class_folder(tmp_path / "data", {"cats": 2, "dogs": 2})
+    result = invoke("inspect", data, "--grid", tmp_path / "grid.jpg")
+    assert result.exit_code == 2 and "--grid must end in .png. Received: grid=" in result.output
+
+
+def test_inspect_augment_with_only_mixing_steps(tmp_path):
+    data = write_class_folder(tmp_path / "data", {"cats": 3, "dogs": 3})
+    config = tmp_path / "mix.yaml"
+    config.write_text(f"data: {{source: folder, path: {data}}}\naugment:\n  - {{name: mixup, alpha: 0.2}}\n")
+    result = invoke("inspect", config, "--augment", "--grid", tmp_path / "s.png")
+    assert result.exit_code == 2 and "mix pairs of images" in result.output
+    assert not (tmp_path / "s_augmented.png").exists()

@@ -208,3 +208,35 @@ def test_evaluate_bad_arguments_are_one_line(digits_runs, args, message):
     result = runner.invoke(app, ["evaluate", str(digits_runs[0]), *args])
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_data_folder_for_a_run_without_a_data_path(digits_runs, tmp_path):
+    """digits reads no path: --data FOLDER evaluates that folder's images, never digits again."""
+    rng = np.random.default_rng(3)
+    data = tmp_path / "mine"
+    for name in ("3", "7"):
+        (data / name).mkdir(parents=True)
+        for i in range(3):
+            pattern_image(int(name), rng, (8, 8), "L").save(data / name / f"x{i}.png")
+    _, out = evaluate(digits_runs[0], "--data", data, "--name", "mine")
+    preds = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert sorted(preds["file"]) == [f"{c}/x{i}.png" for c in ("3", "7") for i in range(3)]
+    assert sorted(set(preds["true_label"])) == ["3", "7"]
+    npz = tmp_path / "x.npz"
+    npz.write_bytes(b"")
+    result = runner.invoke(app, ["evaluate", str(digits_runs[0]), "--data", str(npz)])
+    assert result.exit_code == 2 and "folder not found" in result.output
+
+
+def test_data_folder_with_split_folders_but_not_the_one_asked(folder_run, tmp_path):
+    data = tmp_path / "layout"
+    shutil.copytree(folder_run.parent.parent / "data", data / "test")
+    result = runner.invoke(app, ["evaluate", str(folder_run), "--data", str(data), "--split", "val"])
+    assert result.exit_code == 2
+    assert f"--data {data} has no val/ folder (it has test/)" in result.output
+
+
+def test_evaluate_name_is_one_folder(folder_run):
+    result = runner.invoke(app, ["evaluate", str(folder_run), "--name", "../outside"])
+    assert result.exit_code == 2 and "Received: name=../outside" in result.output
+    assert not (folder_run / "outside").exists()

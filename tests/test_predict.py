@@ -103,3 +103,11 @@ def test_missing_model_or_input(folder_run, tmp_path):
     assert result.exit_code == 2 and "no such run directory or model file" in result.output
     result = predict(folder_run, tmp_path / "nothing")
     assert result.exit_code == 2 and "input not found" in result.output
+
+
+def test_a_keras_file_that_is_not_one(folder_run, tmp_path):
+    fake = tmp_path / "model.keras"
+    fake.write_text("not a zip")
+    result = predict(fake, folder_run.parent.parent / "data")
+    assert result.exit_code == 2
+    assert f"cannot load {fake}: not a .keras file (a zip archive)" in result.output

@@ -87,3 +87,23 @@ def test_val_only_runs_report_on_val(tmp_path):
     metrics = write_reports(run)
     assert set(metrics) == {"val"}
     assert pd.read_csv(run / "confusion_matrix.csv", index_col=0).to_numpy().sum() == 25
+
+
+def test_macro_averages_skip_classes_absent_from_the_split():
+    """Evaluating on a folder without one of the model's classes: that class has no items
+    and no predictions, so it must not pull the macro averages down (a perfect model scores 1)."""
+    from imgclf.reports.metrics import split_metrics
+
+    y = np.array([0, 0, 1, 1])
+    probs = np.full((4, 3), 0.1)
+    probs[np.arange(4), y] = 0.8
+    m = split_metrics(y, probs)
+    for key in ("precision_macro", "recall_macro", "f1_macro"):
+        assert m[key] == pytest.approx(1.0), key
+    # a class predicted but absent still counts: its precision is 0
+    probs[3] = [0.1, 0.1, 0.8]
+    m = split_metrics(y, probs)
+    pred = probs.argmax(1)
+    expected = skm.precision_score(y, pred, average="macro", zero_division=0)
+    assert m["precision_macro"] == pytest.approx(expected)
+    assert m["precision_macro"] == pytest.approx(2 / 3)

@@ -113,12 +113,13 @@ def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'ef
     """List the model registry: family, default input size, backbone parameters (the head
     depends on the class count and is not counted), and whether ImageNet weights exist."""
     import_tensorflow()
+    from imgclf.errors import ModelError
     from imgclf.models.registry import get_entry, list_models
 
     names = list_models(pattern)
     if not names:
-        typer.echo(f"no model matches {pattern!r}", err=True)
-        raise typer.Exit(1)
+        with _handled():
+            raise ModelError(f"no model matches {pattern!r}; `imgclf models` lists them all")
     width = max(len(n) for n in names + ["name"])
     typer.echo(f"{'name':<{width}}  {'family':<12} {'input':<9} {'params':>11}  {'imagenet':<8}  description")
     for e in (get_entry(n) for n in names):

@@ -137,6 +137,8 @@ def compare(paths: list, *, sort: str | None = None, fmt: str = "table", plot: s
     """The table as text in ``fmt``; with ``plot``, a PNG of the validation curves."""
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown `--format`. Received: format={fmt} (known: {', '.join(FORMATS)})")
+    if plot is not None and Path(plot).suffix.lower() != ".png":
+        raise ConfigError(f"--plot must end in .png. Received: plot={plot}")
     if plot is not None and not Path(plot).parent.is_dir():
         raise DataError(f"--plot: folder not found: {Path(plot).parent}")
     table, histories, warnings = collect(expand(paths))

@@ -80,14 +80,20 @@ class EvalData:
         cfg = run.cfg.model_copy(deep=True)
         self.image_root: str | None = None
         self.bad_files: list = []
-        if data is not None and cfg.data.source == "folder":
+        # a source that reads no path (digits) takes --data as a folder of class folders too
+        if data is not None and cfg.data.source in ("folder", "digits"):
             root = Path(data).expanduser()
             if not root.is_dir():
-                raise DataError(f"--data: folder not found: {root}")
+                why = "" if cfg.data.source == "folder" else " (a digits run takes a folder of class folders)"
+                raise DataError(f"--data: folder not found: {root}{why}")
             lower = {d.name.lower(): d for d in visible_subdirs(root)}
             self.split_name = split or ("test" if "test" in lower else "val" if "val" in lower else "test")
-            if self.split_name in lower and self.split_name not in run.class_names:
+            layout = sorted(n for n in lower if n in ("train", "val", "test") and n not in run.class_names)
+            if self.split_name in layout:
                 root = lower[self.split_name]  # a train/ val/ test/ layout: take the split's folder
+            elif layout:
+                has = ", ".join(f"{n}/" for n in layout)
+                raise DataError(f"--data {root} has no {self.split_name}/ folder (it has {has})")
             self.split, self.bad_files = folder_split(root, run.class_names)
             self.image_root = str(root.resolve())
             self.id_column = "file"
@@ -140,6 +146,8 @@ def _summary(split: str, m: dict) -> str:
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | None = None,
                  tta: str | None = None, name: str | None = None, echo=print) -> Path:
     check_tta(tta)
+    if name and (name in (".", "..") or Path(name).name != name):
+        raise ConfigError(f"--name must be one folder name under RUN_DIR/eval/. Received: name={name}")
     run = open_run(run_dir)
     note = run.unfinished_note()
     if note:

@@ -95,7 +95,14 @@ def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "sa
     if augment and not cfg.augment:
         raise ConfigError("--augment: the config has no augment steps (pass a config .yaml with an "
                           "`augment:` list)")
+    from imgclf.data.augment import MIXERS as mixers  # noqa: N811
+    if augment and all(s.name in mixers for s in cfg.augment):
+        steps = ", ".join(s.name for s in cfg.augment)
+        raise ConfigError(f"--augment: the config's augment steps ({steps}) mix pairs of images in a "
+                          "batch and change no single image; there is nothing to draw")
     grid = Path(grid)
+    if grid.suffix.lower() != ".png":
+        raise ConfigError(f"--grid must end in .png. Received: grid={grid}")
     if not grid.parent.is_dir():
         raise DataError(f"--grid: folder not found: {grid.parent}")
     if per_class < 1:
@@ -152,7 +159,9 @@ def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "sa
     if augment:
         size = tuple(d.image_size) if d.image_size else (bundle.image_size or DISPLAY_SIZE)
         out = grid.with_name(f"{grid.stem}_augmented{grid.suffix}")
-        steps = ", ".join(s.name for s in cfg.augment)
+        steps = ", ".join(s.name for s in cfg.augment if s.name not in mixers)
+        if any(s.name in mixers for s in cfg.augment):
+            steps += "; mixup/cutmix not shown"
         plot_image_grid(_augmented(images, cfg, size), titles, out,
                         title=f"the same images after augmentation ({steps})", cols=cols)
         written.append(out)

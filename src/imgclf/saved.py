@@ -4,6 +4,7 @@ class names and status. Evaluate, predict and compare read runs only through her
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,8 @@ def load_model(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would say "File not found"
+        raise ModelError(f"cannot load {path}: not a .keras file (a zip archive)")
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors, ...

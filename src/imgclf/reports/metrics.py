@@ -56,8 +56,9 @@ def _finite_or_none(value: float):
 
 def split_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
     """Every number of METRIC_KEYS for one split, plus ``n`` (items) and ``top_k`` (the k of
-    top_k_accuracy). A number that is undefined for the split (an AUC with one class
-    present, kappa when both sides name one class) is null."""
+    top_k_accuracy). Precision, recall and F1 average over the classes that occur in the split
+    as true or predicted labels (scikit-learn's default). A number that is undefined for the
+    split (an AUC with one class present, kappa when both sides name one class) is null."""
     n = probs.shape[1]
     labels = list(range(n))
     y_pred = probs.argmax(axis=1)
@@ -69,9 +70,12 @@ def split_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
         "top_k": k,
         "top_k_accuracy": top_k_accuracy(y_true, probs, k),
     }
+    # averaged over the classes that occur (as true or predicted label): a class with no items
+    # and no predictions, e.g. one missing from an --data folder, has nothing to score
+    present = sorted(set(np.unique(y_true).tolist()) | set(np.unique(y_pred).tolist()))
     for avg in ("macro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=avg, zero_division=0
+            y_true, y_pred, labels=present, average=avg, zero_division=0
         )
         out[f"precision_{avg}"] = float(p)
         out[f"recall_{avg}"] = float(r)
