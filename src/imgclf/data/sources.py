@@ -132,7 +132,7 @@ def _ordered(splits: dict) -> dict:
 
 def _need_two_classes(num: int, what: str) -> None:
     if num < 2:
-        raise DataError(f"{what}: found {num} class; a classifier needs at least 2")
+        raise DataError(f"{what}: found {num} class{'es' if num != 1 else ''}; a classifier needs at least 2")
 
 
 # ------------------------------------------------------------------------ sources
