@@ -89,7 +89,8 @@ def set_trainable(model, t: TrainConfig, phase: int, block_pattern: str) -> str:
         nested.trainable = True  # then each of its layers below
     for layer in layers:
         layer.trainable = id(layer) in keep and not _is_batch_norm(layer)
-    return f"the head and {described} of the backbone; its batch norm stays frozen"
+    where = "" if t.phases.unfreeze == "all" else " of the backbone"
+    return f"the head and {described}{where}; its batch norm stays frozen"
 
 
 def compile_phase(model, t: TrainConfig, steps: int, phase: int) -> None:
