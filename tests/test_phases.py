@@ -166,3 +166,16 @@ def test_a_phase_one_divergence_names_phase_ones_rate(tmp_path):
     assert result.exit_code == 2
     line = result.output.strip().splitlines()[-1]
     assert line.startswith("imgclf: error: training diverged") and "train.phases.head_lr (now 1e+30)" in line
+
+
+def test_a_phase_two_schedule_that_cannot_be_fails_before_phase_one_trains(tmp_path):
+    # the cosine schedule spans phase 2 alone (2 epochs here): a 3-epoch warm-up cannot fit,
+    # and that must be said at once, not after phase 1 has trained into a run directory
+    result = train("--set", "model.filters=[8]", "--set", "train.verbose=0", "--set", "train.epochs=4",
+                   "--set", "train.phases.head_epochs=2", "--set", "train.schedule.name=cosine",
+                   "--set", "train.schedule.warmup_epochs=3", "--out", str(tmp_path))
+    assert result.exit_code == 2
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("imgclf: error: train.schedule:") and "warmup_epochs=3" in line
+    assert "phase 2" in line
+    assert not any(tmp_path.iterdir())
