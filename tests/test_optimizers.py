@@ -201,3 +201,26 @@ def test_fit_save_and_reload(tmp_path, name, multipliers):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
     bare = keras.models.load_model(path, compile=False)
     np.testing.assert_allclose(bare.predict(BATCH_X, verbose=0), model.predict(BATCH_X, verbose=0))
+
+
+def test_a_pattern_matches_the_nested_backbone_by_its_name():
+    """The large models nest their backbone as a model named `backbone`, whose variables'
+    paths do not hold that name: `{"backbone": 0}` must still freeze all of it."""
+    from imgclf.config import load_config
+    from imgclf.training.trainer import compile_model
+
+    keras.utils.set_random_seed(0)
+    inner_in = keras.Input((3,))
+    backbone = keras.Model(inner_in, keras.layers.Dense(4, activation="relu", name="conv")(inner_in),
+                           name="backbone")
+    inp = keras.Input((3,))
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="predictions")(backbone(inp)))
+    t = load_config(None, ["train.optimizer.name=sgd", "train.optimizer.lr=0.1",
+                           "train.optimizer.lr_multipliers={backbone: 0.0}"]).train
+    compile_model(model, t, steps=1)
+    before = {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables}
+    model.train_on_batch(BATCH_X, BATCH_Y)
+    moved = {v.path: bool(np.abs(keras.ops.convert_to_numpy(v) - before[v.path]).max() > 0)
+             for v in model.trainable_variables}
+    assert moved == {"conv/kernel": False, "conv/bias": False, "predictions/kernel": True,
+                     "predictions/bias": True}

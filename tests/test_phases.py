@@ -154,3 +154,28 @@ def test_a_two_phase_run_resumes_in_the_right_phase(stop_after, tmp_path, monkey
     resumed = pd.read_csv(run / "history.csv")
     assert resumed["epoch"].tolist() == [1, 2, 3, 4] and resumed["phase"].tolist() == [1, 1, 2, 2]
     np.testing.assert_allclose(resumed["lr"], whole["lr"], rtol=1e-6)
+
+
+def test_a_phase_one_divergence_names_phase_ones_rate(tmp_path):
+    # phase 1 runs at train.phases.head_lr: that is the rate to lower, not train.optimizer.lr
+    result = train("--set", "model.filters=[8]", "--set", "model.batch_norm=false",
+                   "--set", "model.dense_units=8", "--set", "train.verbose=0",
+                   "--set", "data.batch_size=64", "--set", "train.epochs=3",
+                   "--set", "train.optimizer.name=sgd", "--set", "train.phases.head_epochs=2",
+                   "--set", "train.phases.head_lr=1e30", "--out", str(tmp_path))
+    assert result.exit_code == 2
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("imgclf: error: training diverged") and "train.phases.head_lr (now 1e+30)" in line
+
+
+def test_a_phase_two_schedule_that_cannot_be_fails_before_phase_one_trains(tmp_path):
+    # the cosine schedule spans phase 2 alone (2 epochs here): a 3-epoch warm-up cannot fit,
+    # and that must be said at once, not after phase 1 has trained into a run directory
+    result = train("--set", "model.filters=[8]", "--set", "train.verbose=0", "--set", "train.epochs=4",
+                   "--set", "train.phases.head_epochs=2", "--set", "train.schedule.name=cosine",
+                   "--set", "train.schedule.warmup_epochs=3", "--out", str(tmp_path))
+    assert result.exit_code == 2
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("imgclf: error: train.schedule:") and "warmup_epochs=3" in line
+    assert "phase 2" in line
+    assert not any(tmp_path.iterdir())

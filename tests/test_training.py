@@ -200,3 +200,43 @@ def test_lr_find_suggests_where_the_loss_falls_fastest():
     loss = 2.0 - 1.5 / (1 + np.exp(-(x + 3) * 4)) + np.where(x > -1, (x + 1) ** 2 * 10, 0)
     assert np.log10(suggest(lrs, loss)) == pytest.approx(-3, abs=0.1)  # the sigmoid's midpoint
     assert suggest(lrs, np.linspace(1, 2, 121)) is None  # never falls
+
+
+def _interrupt_after(monkeypatch, stop_after: int):
+    """Make the checkpoint of epoch ``stop_after`` the last thing a run does (Ctrl-C)."""
+    from imgclf.training.callbacks import Checkpoint
+
+    save = Checkpoint.on_epoch_end
+
+    def interrupt(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch + 1 == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", interrupt)
+    return lambda: monkeypatch.setattr(Checkpoint, "on_epoch_end", save)
+
+
+def test_a_resume_right_after_the_batch_grew_trains_at_the_new_size(tmp_path, monkeypatch):
+    # the threshold is crossed in epoch 1; the checkpoint of epoch 1 must carry the growth,
+    # so the resumed epoch 2 trains at 32 as the uninterrupted run does
+    args = [*sets(FAST + NO_STOP + ["train.epochs=3"]), "--set",
+            "train.batch_size_schedule=[{monitor: val_accuracy, above: 0.0, batch_size: 32}]"]
+    restore = _interrupt_after(monkeypatch, 1)
+    assert train(*args, "--out", str(tmp_path)).exit_code == 130
+    restore()
+    (run,) = tmp_path.iterdir()
+    result = train("--resume", str(run))
+    assert run_dir_of(result) == run
+    assert history(run)["batch_size"].tolist() == [8, 32, 32]
+
+
+def test_an_lr_multiplier_pattern_that_matches_no_layer_is_one_line(tmp_path):
+    # a typo would otherwise train every layer at the base rate without a word
+    result = train(*sets(FAST), "--set", "train.optimizer.lr_multipliers={'haed_*': 0.5}",
+                   "--out", str(tmp_path))
+    assert result.exit_code == 2
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("imgclf: error: train.optimizer.lr_multipliers:") and "haed_*" in line
+    assert "head_dense0" in line  # the names it could have meant
+    assert not list(tmp_path.iterdir())

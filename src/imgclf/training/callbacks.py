@@ -204,7 +204,8 @@ class BatchGrowth(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def state(self) -> dict:
-        return {"batch_size": self.batch_size}
+        # a growth decided in this epoch belongs to the next one, resumed or not
+        return {"batch_size": self.pending or self.batch_size}
 
     def load_state(self, state: dict) -> None:
         self.batch_size = int(state["batch_size"])

@@ -10,7 +10,10 @@ made by `with_lr_multipliers` scale `learning_rate` (and decoupled weight decay,
 also proportional to it) per variable. A variable matches a glob pattern (fnmatch, case
 sensitive) when the pattern matches its path (`backbone/conv1/kernel`), its layer's path
 (`backbone/conv1`) or one of the layer names in it (`backbone`, `conv1`); the first matching
-pattern wins and unmatched variables keep 1.0. A multiplier of 0 freezes a variable.
+pattern wins and unmatched variables keep 1.0. A multiplier of 0 freezes a variable. Keras
+gives a variable of a nested model (our large models' `backbone`) a path without the nested
+model's name; `qualified_paths(model)` adds it, and the trainer hands those paths to the
+optimizer (`variable_paths`) before it is built.
 
 Every class here is registered as `imgclf>Name`: import this module before
 `keras.models.load_model` on a model saved with one of them.
@@ -171,12 +174,14 @@ class LrMultipliers:
     def __init__(self, *args, lr_multipliers=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.lr_multipliers = check_lr_multipliers(lr_multipliers)
+        self.variable_paths: dict[str, str] = {}  # variable path -> path with nested model names
 
     def build(self, var_list):
         if self.built:
             return
         super().build(var_list)
-        self._multipliers = [multiplier_for(v.path, self.lr_multipliers) for v in var_list]
+        self._multipliers = [multiplier_for(self.variable_paths.get(v.path, v.path), self.lr_multipliers)
+                             for v in var_list]
 
     def _multiplier(self, variable) -> float:
         return self._multipliers[self._get_variable_index(variable)]
@@ -216,6 +221,24 @@ def check_lr_multipliers(value) -> dict[str, float]:
                 f"`lr_multipliers` needs pattern: number >= 0. Received: lr_multipliers[{pattern!r}]={mult!r}"
             )
         out[pattern] = float(mult)
+    return out
+
+
+def qualified_paths(model) -> dict[str, str]:
+    """Each variable's path with the names of the nested models it sits in prefixed
+    (`conv1/kernel` of the nested model `backbone` -> `backbone/conv1/kernel`)."""
+    out: dict[str, str] = {}
+
+    def walk(layer, prefix: str) -> None:
+        for sub in getattr(layer, "layers", []):
+            if isinstance(sub, keras.Model):
+                inner = f"{prefix}{sub.name}/"
+                for v in sub.weights:
+                    if not v.path.startswith(inner):
+                        out[v.path] = inner + v.path.removeprefix(prefix)
+                walk(sub, inner)
+
+    walk(model, "")
     return out
 
 

@@ -89,7 +89,8 @@ def set_trainable(model, t: TrainConfig, phase: int, block_pattern: str) -> str:
         nested.trainable = True  # then each of its layers below
     for layer in layers:
         layer.trainable = id(layer) in keep and not _is_batch_norm(layer)
-    return f"the head and {described} of the backbone; its batch norm stays frozen"
+    where = "" if t.phases.unfreeze == "all" else " of the backbone"
+    return f"the head and {described}{where}; its batch norm stays frozen"
 
 
 def compile_phase(model, t: TrainConfig, steps: int, phase: int) -> None:
@@ -103,12 +104,21 @@ def compile_phase(model, t: TrainConfig, steps: int, phase: int) -> None:
         head.schedule = ScheduleConfig()
         compile_model(model, head, steps, epochs=t.phases.head_epochs)
     else:
-        compile_model(model, t, steps, epochs=t.epochs - t.phases.head_epochs)
+        epochs = t.epochs - t.phases.head_epochs
+        try:
+            compile_model(model, t, steps, epochs=epochs)
+        except ConfigError as exc:
+            if not is_phased(t):
+                raise
+            raise ConfigError(f"{exc} (train.schedule spans phase 2 alone: {epochs} of train.epochs="
+                              f"{t.epochs}, after train.phases.head_epochs={t.phases.head_epochs})") from None
 
 
 def enter_phase(model, t: TrainConfig, phase: int, steps: int, block_pattern: str) -> str:
     """Set what trains in ``phase`` and compile for it (a fresh optimizer); returns a log line."""
     trained = set_trainable(model, t, phase, block_pattern)
+    if phase == 1:
+        compile_phase(model, t, steps, 2)  # a phase 2 recipe that cannot be fails now, not later
     compile_phase(model, t, steps, phase)
     if not is_phased(t):
         return f"training {trained}"

@@ -120,9 +120,30 @@ def compile_model(model, t: TrainConfig, steps: int, epochs: int | None = None) 
         optimizer = make_optimizer(t.optimizer.name, lr, **t.optimizer.params())
     except ValueError as exc:
         raise ConfigError(f"train.optimizer: {exc}") from None
+    if t.optimizer.lr_multipliers:
+        from imgclf.training.optimizers import qualified_paths
+
+        optimizer.variable_paths = qualified_paths(model)
+        _check_lr_multipliers(model, t.optimizer.lr_multipliers, optimizer.variable_paths)
     loss = make_loss(t.loss.name, label_smoothing=t.loss.label_smoothing, alpha=t.loss.alpha,
                      gamma=t.loss.gamma)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+
+
+def _check_lr_multipliers(model, multipliers: dict, qualified: dict[str, str]) -> None:
+    """Refuse a pattern that matches no variable of the model (frozen ones count: a phase may
+    unfreeze them), which would otherwise leave every layer at the base rate in silence."""
+    from imgclf.training.optimizers import multiplier_for
+
+    paths = [qualified.get(v.path, v.path) for v in model.weights]
+    for pattern in multipliers:
+        if not any(multiplier_for(path, {pattern: 0.0}) == 0.0 for path in paths):
+            layers = sorted({path.rsplit("/", 1)[0] for path in paths})
+            shown = ", ".join(layers[:12]) + (", ..." if len(layers) > 12 else "")
+            raise ConfigError(
+                f"train.optimizer.lr_multipliers: pattern {pattern!r} matches no layer of {model.name} "
+                f"(layers: {shown}). Received: lr_multipliers[{pattern!r}]={multipliers[pattern]!r}"
+            )
 
 
 def enter_phase(model, prep: Prepared, phase: int, batch_size: int | None = None) -> str:
@@ -377,10 +398,12 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
     es = t.early_stopping
     if losses and not np.isfinite(losses[-1]):
         if best.best_epoch is None:
+            # the rate of the phase it diverged in: phase 1 runs at phases.head_lr
+            key, rate = (("train.phases.head_lr", t.phases.head_lr) if phase == 1
+                         else ("train.optimizer.lr", t.optimizer.lr))
             raise TrainingError(
                 f"training diverged (loss {losses[-1]} in epoch {epoch}) before any epoch "
-                f"finished with a finite {es.monitor}: lower train.optimizer.lr "
-                f"(now {t.optimizer.lr:g})"
+                f"finished with a finite {es.monitor}: lower {key} (now {rate:g})"
             )
         echo(f"warning: training diverged in epoch {epoch} (loss {losses[-1]}); "
              f"keeping epoch {best.best_epoch}, the best before it")
