@@ -240,3 +240,61 @@ def test_an_lr_multiplier_pattern_that_matches_no_layer_is_one_line(tmp_path):
     assert line.startswith("imgclf: error: train.optimizer.lr_multipliers:") and "haed_*" in line
     assert "head_dense0" in line  # the names it could have meant
     assert not list(tmp_path.iterdir())
+
+
+def test_resume_restores_the_best_epoch_its_checkpoint_knows(tmp_path):
+    """Killed after model.keras took a new best epoch but before that epoch's checkpoint:
+    the resumed run's best epoch is the checkpoint's, and so are the weights it restores."""
+    import keras
+
+    from imgclf.training.callbacks import CHECKPOINT_DIR, BestModel, Checkpoint, read_checkpoint
+
+    def tiny():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(optimizer="sgd", loss="mse")
+        return model
+
+    model = tiny()
+    best = BestModel(tmp_path / "model.keras", "val_loss", "min", checkpoint_dir=tmp_path / CHECKPOINT_DIR)
+    ckpt = Checkpoint(tmp_path, {"best": best})
+    for cb in (best, ckpt):
+        cb.set_model(model)
+    epoch1 = [w.copy() for w in model.get_weights()]
+    best.on_epoch_end(0, {"loss": 1.0, "val_loss": 1.0})
+    ckpt.on_epoch_end(0, {"loss": 1.0, "val_loss": 1.0})
+    model.set_weights([w + 1.0 for w in epoch1])  # epoch 2 trains on ...
+    best.on_epoch_end(1, {"loss": 0.5, "val_loss": 0.5})  # ... saves a better model.keras, and dies
+
+    state = read_checkpoint(tmp_path)
+    assert state["epoch"] == 1 and state["callbacks"]["best"]["best_epoch"] == 1
+    resumed = BestModel(tmp_path / "model.keras", "val_loss", "min", checkpoint_dir=tmp_path / CHECKPOINT_DIR)
+    resumed.load_state(state["callbacks"]["best"])
+    fresh = tiny()
+    resumed.restore(fresh)
+    for got, want in zip(fresh.get_weights(), epoch1):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_resume_does_not_need_the_starting_weights_any_more(tmp_path):
+    source = run_dir_of(train(*sets(FAST + ["train.epochs=1"]), "--out", str(tmp_path / "src")))
+    cmd = [sys.executable, "-m", "imgclf", "train",
+           *sets(["train.epochs=500", "train.verbose=2", "model.filters=[8]", "model.dense_units=8",
+                  f"model.weights={source}"] + NO_STOP), "--out", str(tmp_path / "tuned")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait_for(lambda: bool(list((tmp_path / "tuned").glob("*/checkpoint/state.json"))))
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run,) = (tmp_path / "tuned").iterdir()
+    import shutil
+
+    shutil.rmtree(source)  # the run the weights came from is gone; the checkpoint has them all
+    # a shorter run, so the resume ends at once: edit the saved config's epoch count
+    cfg = (run / "config.yaml").read_text().replace("epochs: 500", "epochs: 2")
+    (run / "config.yaml").write_text(cfg)
+    result = train("--resume", str(run))
+    assert run_dir_of(result) == run
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"

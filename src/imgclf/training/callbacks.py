@@ -89,15 +89,22 @@ class HistoryCSV(keras.callbacks.Callback):
 
 class BestModel(keras.callbacks.Callback):
     """Saves model.keras atomically whenever ``monitor`` improves; `restore` puts the best
-    epoch's weights back into the model once all training is over."""
+    epoch's weights back into the model once all training is over.
 
-    def __init__(self, path: Path, monitor: str, mode: str, min_delta: float = 0.0):
+    Its checkpoint state names a weights file of the best epoch, written with that state: a
+    run killed between saving model.keras and its checkpoint resumes with the best epoch the
+    checkpoint knows, and restores exactly that epoch's weights."""
+
+    def __init__(self, path: Path, monitor: str, mode: str, min_delta: float = 0.0,
+                 checkpoint_dir: Path | None = None):
         super().__init__()
         self.path = Path(path)
         self.tracker = _Tracker(monitor, mode, min_delta)
         self.monitor, self.mode = monitor, self.tracker.mode
         self.best_epoch: int | None = None
         self._weights = None
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self._saved: str | None = None  # the best-epoch weights file in checkpoint_dir
 
     @property
     def best(self) -> float | None:
@@ -116,15 +123,30 @@ class BestModel(keras.callbacks.Callback):
     def restore(self, model) -> None:
         if self._weights is not None:
             model.set_weights(self._weights)
-        elif self.best_epoch is not None and self.path.exists():  # best epoch came before a resume
-            best = keras.models.load_model(self.path, compile=False)
-            model.set_weights(best.get_weights())
+            return
+        if self.best_epoch is None:
+            return
+        saved = self.checkpoint_dir / self._saved if self.checkpoint_dir and self._saved else None
+        if saved is not None and saved.exists():  # the best epoch came before a resume
+            with np.load(saved) as arrays:
+                model.set_weights([arrays[f"arr_{i}"] for i in range(len(arrays.files))])
+        elif self.path.exists():
+            model.set_weights(keras.models.load_model(self.path, compile=False).get_weights())
 
     def state(self) -> dict:
-        return {"best": self.tracker.best, "best_epoch": self.best_epoch}
+        if self.checkpoint_dir and self._weights is not None and self._saved != self._name():
+            with atomic_path(self.checkpoint_dir / self._name(), suffix=".npz") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, *self._weights)
+            self._saved = self._name()
+        return {"best": self.tracker.best, "best_epoch": self.best_epoch, "weights": self._saved}
+
+    def _name(self) -> str:
+        return f"best-epoch{self.best_epoch}.npz"
 
     def load_state(self, state: dict) -> None:
         self.tracker.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+        self._saved = state.get("weights")
 
 
 class EarlyStop(keras.callbacks.Callback):
@@ -237,6 +259,10 @@ class Checkpoint(keras.callbacks.Callback):
             **self.extra_state(),
         }
         write_json(self.dir / CHECKPOINT_STATE, state)
+        keep = state["callbacks"].get("best", {}).get("weights")
+        for old in self.dir.glob("best-epoch*.npz"):  # only once the state no longer names them
+            if old.name != keep:
+                old.unlink(missing_ok=True)
 
 
 def read_checkpoint(run_dir: Path) -> dict | None:

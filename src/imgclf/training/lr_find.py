@@ -95,7 +95,9 @@ def _run(run_dir, prep, model, start_lr, end_lr, steps, manifest, echo) -> float
     write_json(run_dir / "lr_find.json", {"suggested_lr": suggestion, "steps": len(df),
                                           "start_lr": start_lr, "end_lr": end_lr})
     manifest.close("finished", suggested_lr=suggestion)
-    if suggestion is None:
+    if suggestion is None and len(df) < steps and len(finite) <= 10:
+        echo(f"the loss diverged within {len(df)} steps: try a smaller --start-lr")
+    elif suggestion is None:
         echo("the loss never fell: try a larger --end-lr or more --steps")
     else:
         echo(f"suggested lr: {suggestion:.3g} (steepest fall of the smoothed loss)")

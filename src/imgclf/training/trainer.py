@@ -254,11 +254,16 @@ def resume(run_dir: str | Path, echo=print) -> Path:
     if status == "finished":
         raise ConfigError(f"--resume {run_dir}: this run already finished; start a new one with --config "
                           f"{run_dir / 'config.yaml'}")
-    prep = prepare(load_config(run_dir / "config.yaml"))
+    state = read_checkpoint(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    if state is not None:
+        # the checkpoint holds every weight: the starting weights (a download, another run's
+        # directory) need not be there any more
+        cfg.model.weights = None
+    prep = prepare(cfg)
     cfg = prep.cfg
     _seed(cfg)
     model = build_model(prep)
-    state = read_checkpoint(run_dir)
     batch = (state or {}).get("callbacks", {}).get("batch_size", {}).get("batch_size")
     # compiled for the phase the checkpoint was taken in, so its optimizer state fits
     enter_phase(model, prep, _checkpoint_phase(cfg.train, state))
@@ -291,6 +296,7 @@ def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict], extra_state
     import keras
 
     from imgclf.training.callbacks import (
+        CHECKPOINT_DIR,
         BatchGrowth,
         BestModel,
         Checkpoint,
@@ -302,7 +308,8 @@ def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict], extra_state
     t = cfg.train
     es = t.early_stopping
     history = HistoryCSV(run_dir / "history.csv", rows=history_rows)
-    best = BestModel(run_dir / "model.keras", es.monitor, es.mode, es.min_delta)
+    best = BestModel(run_dir / "model.keras", es.monitor, es.mode, es.min_delta,
+                     checkpoint_dir=run_dir / CHECKPOINT_DIR)
     stateful: dict = {"best": best}
     callbacks = [history, keras.callbacks.TerminateOnNaN(), best]
     if es.enabled:
