@@ -132,3 +132,18 @@ def folder_run(tmp_path_factory) -> Path:
     data = write_class_folder(root / "data", {"ants": 10, "bees": 10, "wasps": 10})
     return train_run(root / "runs", "data.source=folder", f"data.path={data}", "data.image_size=[16,16]",
                      "data.val_split=0.4")
+
+
+def interrupt_after(monkeypatch, stop_after: int):
+    """Make the checkpoint of epoch ``stop_after`` the last thing a run does (Ctrl-C)."""
+    from imgclf.training.callbacks import Checkpoint
+
+    save = Checkpoint.on_epoch_end
+
+    def interrupt(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch + 1 == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", interrupt)
+    return lambda: monkeypatch.setattr(Checkpoint, "on_epoch_end", save)

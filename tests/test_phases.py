@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from conftest import interrupt_after
 from imgclf.cli import app
 from imgclf.config import ModelConfig, load_config
 from imgclf.errors import ConfigError
@@ -128,8 +129,6 @@ def test_phases_need_a_backbone_and_epochs_left_for_phase_two():
 def test_a_two_phase_run_resumes_in_the_right_phase(stop_after, tmp_path, monkeypatch):
     """Interrupted after epoch 2 (phase 1's last) or 3, `--resume` compiles for the phase of
     its checkpoint (the optimizer state fits) and finishes like an uninterrupted run."""
-    from imgclf.training.callbacks import Checkpoint
-
     recipe = ["model.filters=[8]", "model.dense_units=8", "train.verbose=0", "data.batch_size=64",
               "train.epochs=4", "train.phases.head_epochs=2", "train.phases.head_lr=0.002",
               "train.phases.unfreeze=blocks", "train.schedule.name=cosine",
@@ -137,16 +136,9 @@ def test_a_two_phase_run_resumes_in_the_right_phase(stop_after, tmp_path, monkey
     sets = [a for o in recipe for a in ("--set", o)]
     whole = pd.read_csv(Path(train(*sets, "--out", str(tmp_path / "whole")).output.strip().splitlines()[-1])
                         / "history.csv")
-    save = Checkpoint.on_epoch_end
-
-    def interrupt(self, epoch, logs=None):
-        save(self, epoch, logs)
-        if epoch + 1 == stop_after:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpoint, "on_epoch_end", interrupt)
+    restore = interrupt_after(monkeypatch, stop_after)
     assert train(*sets, "--out", str(tmp_path / "cut")).exit_code == 130
-    monkeypatch.setattr(Checkpoint, "on_epoch_end", save)
+    restore()
     (run,) = (tmp_path / "cut").iterdir()
     result = train("--resume", str(run))
     assert result.exit_code == 0, result.output

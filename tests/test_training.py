@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest import FAST
 from typer.testing import CliRunner
 
+from conftest import FAST, interrupt_after
 from imgclf.cli import app
 from imgclf.config import load_config
 
@@ -202,27 +202,12 @@ def test_lr_find_suggests_where_the_loss_falls_fastest():
     assert suggest(lrs, np.linspace(1, 2, 121)) is None  # never falls
 
 
-def _interrupt_after(monkeypatch, stop_after: int):
-    """Make the checkpoint of epoch ``stop_after`` the last thing a run does (Ctrl-C)."""
-    from imgclf.training.callbacks import Checkpoint
-
-    save = Checkpoint.on_epoch_end
-
-    def interrupt(self, epoch, logs=None):
-        save(self, epoch, logs)
-        if epoch + 1 == stop_after:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Checkpoint, "on_epoch_end", interrupt)
-    return lambda: monkeypatch.setattr(Checkpoint, "on_epoch_end", save)
-
-
 def test_a_resume_right_after_the_batch_grew_trains_at_the_new_size(tmp_path, monkeypatch):
     # the threshold is crossed in epoch 1; the checkpoint of epoch 1 must carry the growth,
     # so the resumed epoch 2 trains at 32 as the uninterrupted run does
     args = [*sets(FAST + NO_STOP + ["train.epochs=3"]), "--set",
             "train.batch_size_schedule=[{monitor: val_accuracy, above: 0.0, batch_size: 32}]"]
-    restore = _interrupt_after(monkeypatch, 1)
+    restore = interrupt_after(monkeypatch, 1)
     assert train(*args, "--out", str(tmp_path)).exit_code == 130
     restore()
     (run,) = tmp_path.iterdir()
