@@ -87,19 +87,23 @@ class ModelConfig(Section):
 
 
 # -------------------------------------------------------------------------- train
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "lion", "radam", "ranger")
-# which optional optimizer keys mean something to which optimizer
-OPTIMIZER_KEYS = {
-    "beta_1": ("adam", "adamw", "lion", "radam", "ranger"),
-    "beta_2": ("adam", "adamw", "lion", "radam", "ranger"),
-    "epsilon": ("adam", "adamw", "rmsprop", "radam", "ranger"),
-    "weight_decay": OPTIMIZERS,
-    "momentum": ("sgd", "rmsprop"),
-    "nesterov": ("sgd",),
-    "rho": ("rmsprop",),
-    "k": ("ranger",),
-    "alpha": ("ranger",),
+# which optimizer takes which of the optional keys; every one takes OPTIMIZER_COMMON.
+# The config refuses a key its optimizer does not take; training.optimizers builds from this.
+OPTIMIZER_PARAMS: dict[str, tuple[str, ...]] = {
+    "adam": ("beta_1", "beta_2", "epsilon"),
+    "adamw": ("beta_1", "beta_2", "epsilon"),
+    "sgd": ("momentum", "nesterov"),
+    "rmsprop": ("rho", "momentum", "epsilon"),
+    "lion": ("beta_1", "beta_2"),
+    "radam": ("beta_1", "beta_2", "epsilon"),
+    "ranger": ("beta_1", "beta_2", "epsilon", "k", "alpha"),
 }
+OPTIMIZER_COMMON = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "lr_multipliers")
+
+
+def _takers(table: dict, key: str) -> list[str]:
+    """The names in ``table`` (optimizers or schedules) that take ``key``."""
+    return [name for name, keys in table.items() if key in keys]
 
 
 class OptimizerConfig(Section):
@@ -121,11 +125,12 @@ class OptimizerConfig(Section):
 
     @model_validator(mode="after")
     def _keys_fit_the_optimizer(self):
-        for key, names in OPTIMIZER_KEYS.items():
-            if getattr(self, key) is not None and self.name not in names:
-                raise ValueError(
-                    f"{key} does not apply to optimizer {self.name} (it applies to {', '.join(names)})"
-                )
+        for key in type(self).model_fields:
+            if key in OPTIMIZER_COMMON or key in ("name", "lr") or getattr(self, key) is None:
+                continue
+            if key not in OPTIMIZER_PARAMS[self.name]:
+                takers = ", ".join(_takers(OPTIMIZER_PARAMS, key))
+                raise ValueError(f"{key} does not apply to optimizer {self.name} (it applies to {takers})")
         clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if getattr(self, k) is not None]
         if len(clips) > 1:
             raise ValueError(f"set one of clipnorm, clipvalue, global_clipnorm, not {' and '.join(clips)}")
@@ -140,31 +145,19 @@ class OptimizerConfig(Section):
         return out
 
 
-SCHEDULES = ("constant", "exponential", "step", "piecewise", "cosine", "cosine_restarts", "cyclical",
-             "one_cycle", "plateau")
-# which optional schedule keys mean something to which schedule
-SCHEDULE_KEYS = {
-    "decay_rate": ("exponential",),
-    "decay_steps": ("exponential",),
-    "staircase": ("exponential",),
-    "every_epochs": ("step",),
-    "factor": ("step", "plateau"),
-    "boundaries": ("piecewise",),
-    "values": ("piecewise",),
-    "warmup_epochs": ("cosine",),
-    "min_lr": ("cosine", "cosine_restarts", "plateau"),
-    "first_epochs": ("cosine_restarts",),
-    "t_mul": ("cosine_restarts",),
-    "m_mul": ("cosine_restarts",),
-    "max_lr": ("cyclical",),
-    "step_size_epochs": ("cyclical",),
-    "mode": ("cyclical",),
-    "gamma": ("cyclical",),
-    "pct_start": ("one_cycle",),
-    "div_factor": ("one_cycle",),
-    "final_div_factor": ("one_cycle",),
-    "patience": ("plateau",),
-    "monitor": ("plateau",),
+# schedule -> {key: default}; a REQUIRED key has no default and must be given. plateau is a
+# callback on a constant rate (the trainer's); training.schedules builds the others from this.
+REQUIRED = object()
+SCHEDULE_PARAMS: dict[str, dict[str, object]] = {
+    "constant": {},
+    "exponential": {"decay_rate": REQUIRED, "decay_steps": 1, "staircase": False},
+    "step": {"every_epochs": REQUIRED, "factor": 0.1},
+    "piecewise": {"boundaries": REQUIRED, "values": REQUIRED},
+    "cosine": {"warmup_epochs": 0.0, "min_lr": 0.0},
+    "cosine_restarts": {"first_epochs": REQUIRED, "t_mul": 2.0, "m_mul": 1.0, "min_lr": 0.0},
+    "cyclical": {"max_lr": REQUIRED, "step_size_epochs": 2.0, "mode": "triangular", "gamma": 1.0},
+    "one_cycle": {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4},
+    "plateau": {"factor": 0.1, "min_lr": 0.0, "patience": 3, "monitor": "val_loss"},
 }
 
 
@@ -195,11 +188,10 @@ class ScheduleConfig(Section):
 
     @model_validator(mode="after")
     def _keys_fit_the_schedule(self):
-        for key, names in SCHEDULE_KEYS.items():
-            if getattr(self, key) is not None and self.name not in names:
-                raise ValueError(
-                    f"{key} does not apply to schedule {self.name} (it applies to {', '.join(names)})"
-                )
+        for key in type(self).model_fields:
+            if key != "name" and getattr(self, key) is not None and key not in SCHEDULE_PARAMS[self.name]:
+                takers = ", ".join(_takers(SCHEDULE_PARAMS, key))
+                raise ValueError(f"{key} does not apply to schedule {self.name} (it applies to {takers})")
         if self.name == "piecewise":
             if not self.boundaries or not self.values or len(self.values) != len(self.boundaries) + 1:
                 raise ValueError("piecewise needs boundaries (epochs) and one more values (rates) than "
@@ -211,7 +203,8 @@ class ScheduleConfig(Section):
         return self
 
     def params(self) -> dict:
-        """The schedule's keyword arguments: the keys that are set (plateau's are the trainer's)."""
+        """The schedule's keyword arguments: the keys that are set (plateau's are the trainer's;
+        SCHEDULE_PARAMS has the defaults of the others)."""
         return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
 
 

@@ -27,16 +27,7 @@ from fnmatch import fnmatchcase
 import keras
 from keras import ops
 
-COMMON = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "lr_multipliers")
-OPTIMIZER_PARAMS: dict[str, tuple[str, ...]] = {
-    "adam": ("beta_1", "beta_2", "epsilon"),
-    "adamw": ("beta_1", "beta_2", "epsilon"),
-    "sgd": ("momentum", "nesterov"),
-    "rmsprop": ("rho", "momentum", "epsilon"),
-    "lion": ("beta_1", "beta_2"),
-    "radam": ("beta_1", "beta_2", "epsilon"),
-    "ranger": ("beta_1", "beta_2", "epsilon", "k", "alpha"),
-}
+from imgclf.config import OPTIMIZER_COMMON, OPTIMIZER_PARAMS
 
 
 @keras.saving.register_keras_serializable(package="imgclf")
@@ -283,7 +274,7 @@ def make_optimizer(name: str, learning_rate, **params):
     if name not in BASES:
         raise ValueError(f"Unknown `optimizer` (known: {', '.join(BASES)}). Received: name={name!r}")
     params = {k: v for k, v in params.items() if v is not None}
-    allowed = OPTIMIZER_PARAMS[name] + COMMON
+    allowed = OPTIMIZER_PARAMS[name] + OPTIMIZER_COMMON
     for key, value in params.items():
         if key not in allowed:
             raise ValueError(

@@ -26,20 +26,12 @@ import math
 import keras
 from keras import ops
 
+from imgclf.config import REQUIRED, SCHEDULE_PARAMS
+
 CYCLICAL_MODES = ("triangular", "triangular2", "exp_range")
 
-# name -> {parameter: default}; keys without a default (the `REQUIRED` marker) must be given.
-REQUIRED = object()
-SCHEDULES: dict[str, dict[str, object]] = {
-    "constant": {},
-    "exponential": {"decay_rate": REQUIRED, "decay_steps": 1, "staircase": False},
-    "step": {"every_epochs": REQUIRED, "factor": 0.1},
-    "piecewise": {"boundaries": REQUIRED, "values": REQUIRED},
-    "cosine": {"warmup_epochs": 0.0, "min_lr": 0.0},
-    "cosine_restarts": {"first_epochs": REQUIRED, "t_mul": 2.0, "m_mul": 1.0, "min_lr": 0.0},
-    "cyclical": {"max_lr": REQUIRED, "step_size_epochs": 2.0, "mode": "triangular", "gamma": 1.0},
-    "one_cycle": {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4},
-}
+# name -> {parameter: default} (config.SCHEDULE_PARAMS, whose `plateau` is the trainer's callback)
+SCHEDULES = {name: params for name, params in SCHEDULE_PARAMS.items() if name != "plateau"}
 
 
 def _float_step(step):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imgclf.config import Config, TrainConfig, dump_yaml, load_config
+from imgclf.config import SCHEDULE_PARAMS, Config, TrainConfig, dump_yaml, load_config
 from imgclf.data import DataBundle, load_data
 from imgclf.errors import ConfigError, TrainingError
 from imgclf.reports import write_reports
@@ -55,8 +55,7 @@ def prepare(cfg: Config) -> Prepared:
     entry = get_entry(cfg.model.name)
     check_weights(cfg.model.weights, entry)
     bundle = load_data(cfg.data, cfg.seed)
-    size = cfg.data.image_size or bundle.image_size or entry.default_size or DEFAULT_FOLDER_SIZE
-    size = tuple(size)
+    size = tuple(cfg.data.image_size or bundle.image_size or entry.default_size or DEFAULT_FOLDER_SIZE)
     channels = cfg.data.channels or entry.channels or bundle.channels
     resolved = cfg.model_copy(deep=True)
     resolved.data.image_size = list(size)
@@ -314,12 +313,10 @@ def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict], extra_state
     callbacks = [history, keras.callbacks.TerminateOnNaN(), best]
     if es.enabled:
         stateful["early_stopping"] = EarlyStop(es.monitor, es.mode, es.patience, es.min_delta)
-    s = t.schedule
-    if s.name == "plateau":
-        stateful["plateau"] = Plateau(
-            monitor=s.monitor or "val_loss", factor=s.factor or 0.1,
-            patience=3 if s.patience is None else s.patience, min_lr=s.min_lr or 0.0, verbose=0,
-        )
+    if t.schedule.name == "plateau":
+        p = {**SCHEDULE_PARAMS["plateau"], **t.schedule.params()}
+        stateful["plateau"] = Plateau(monitor=p["monitor"], factor=p["factor"], patience=p["patience"],
+                                      min_lr=p["min_lr"], verbose=0)
     if t.batch_size_schedule:
         stateful["batch_size"] = BatchGrowth(t.batch_size_schedule, cfg.data.batch_size)
     callbacks += [cb for name, cb in stateful.items() if name != "best"]
