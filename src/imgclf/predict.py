@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from imgclf.data.scan import find_images
+from imgclf.data.scan import find_images, why_unreadable
 from imgclf.errors import ConfigError, DataError, ModelError
 from imgclf.runs import atomic_path, read_json
 from imgclf.saved import load_model, open_run
@@ -116,16 +115,6 @@ class PredictSummary:
     output: Path | None
 
 
-def _why(path: Path) -> str:
-    from imgclf._tf import import_tensorflow
-    from imgclf.data import scan
-    from imgclf.data.pipeline import decode_file
-
-    why = scan._why(path, decode_file, import_tensorflow())
-    # TensorFlow wraps the decoder's message: {{function_node ...}} MESSAGE [Op:DecodeImage] name:
-    return re.sub(r"\s*\[Op:.*$", "", re.sub(r"^\{\{.*?\}\}\s*", "", why)) or why
-
-
 def predict(model_or_run, input_path, *, top_k: int | None = None, output: str | Path | None = None,
             batch_size: int = 64, tta: str | None = None, warn=print, progress=None,
             stdout=None) -> PredictSummary:
@@ -188,7 +177,7 @@ def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int
     def fail_until(stop: int) -> None:
         nonlocal next_i, failed
         for j in range(next_i, stop):
-            why = _why(files[j])
+            why = why_unreadable(files[j])
             rel = files[j].relative_to(base).as_posix()
             warn(f"warning: {rel}: {why}")
             rows.write(rel, [], why)

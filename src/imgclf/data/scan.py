@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
@@ -50,15 +51,23 @@ def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     ds = ds.ignore_errors().batch(4096)
     ok = {int(i) for batch, _ in ds.as_numpy_iterator() for i in batch}
-    return [(p, _why(p, decode_file, tf)) for i, p in enumerate(paths) if i not in ok]
+    return [(p, why_unreadable(p)) for i, p in enumerate(paths) if i not in ok]
 
 
-def _why(path: Path, decode_file, tf) -> str:
+def why_unreadable(path: Path) -> str:
+    """Why ``path`` does not decode, in one short line (re-decoded eagerly, one file)."""
+    from imgclf._tf import import_tensorflow
+
+    tf = import_tensorflow()
+    from imgclf.data.pipeline import decode_file
+
     try:
         if path.stat().st_size == 0:
             return "empty file"
         decode_file(tf.constant(str(path)))
     except (tf.errors.OpError, OSError) as exc:
-        text = getattr(exc, "message", None) or str(exc)
-        return " ".join(text.split())[:200] or type(exc).__name__
+        text = " ".join((getattr(exc, "message", None) or str(exc)).split())
+        # TensorFlow wraps the decoder's message: {{function_node ...}} MESSAGE [Op:DecodeImage] name:
+        text = re.sub(r"\s*\[Op:.*$", "", re.sub(r"^\{\{.*?\}\}\s*", "", text)) or text
+        return text[:200] or type(exc).__name__
     return "unreadable"
