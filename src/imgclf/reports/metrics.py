@@ -42,11 +42,7 @@ def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Macro mean of the one-vs-rest ROC AUC over the classes present in ``y_true`` (a class
     absent from the split has no AUC); NaN when fewer than two classes are present. With
     every class present this is scikit-learn's roc_auc_score(multi_class="ovr")."""
-    aucs = [
-        skm.roc_auc_score(y_true == c, probs[:, c])
-        for c in range(probs.shape[1])
-        if 0 < np.sum(y_true == c) < len(y_true)
-    ]
+    aucs = [auc for _, _, auc in roc_points(y_true, probs).values()]
     return float(np.mean(aucs)) if aucs else math.nan
 
 
