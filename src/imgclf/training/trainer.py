@@ -231,14 +231,15 @@ def train(cfg: Config, out: str | None = None, echo=print) -> Path:
     # a model that cannot be built, weights that do not fit, or a recipe the optimizer
     # refuses all fail before a run directory exists
     model = build_model(prep)
-    trains = enter_phase(model, prep, phase_after(cfg.train, 0))
+    entered = enter_phase(model, prep, phase_after(cfg.train, 0))
     if is_partial(cfg.train) and not is_phased(cfg.train):
-        echo(trains)  # phased runs say so as each phase starts
+        echo(entered)  # phased runs say so as each phase starts
     name = cfg.output.name or f"{cfg.model.name}-{cfg.data.source}"
     run_dir = new_run_dir(out or cfg.output.dir, name)
     manifest = Manifest(run_dir, "train")
     write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo))
+    return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo,
+                                                               entered=entered))
 
 
 def resume(run_dir: str | Path, echo=print) -> Path:
@@ -265,7 +266,7 @@ def resume(run_dir: str | Path, echo=print) -> Path:
     model = build_model(prep)
     batch = (state or {}).get("callbacks", {}).get("batch_size", {}).get("batch_size")
     # compiled for the phase the checkpoint was taken in, so its optimizer state fits
-    enter_phase(model, prep, _checkpoint_phase(cfg.train, state))
+    entered = enter_phase(model, prep, _checkpoint_phase(cfg.train, state))
     if state is not None:
         model.optimizer.build(model.trainable_variables)
         model.load_weights(run_dir / CHECKPOINT_DIR / CHECKPOINT_WEIGHTS)
@@ -274,7 +275,8 @@ def resume(run_dir: str | Path, echo=print) -> Path:
     else:
         echo(f"resuming {run_dir}: no epoch had finished, starting again from epoch 1")
     manifest = Manifest.reopen(run_dir)
-    return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo, state))
+    return _guarded(run_dir, manifest, echo,
+                    lambda: _train_in(run_dir, prep, model, manifest, echo, state, entered))
 
 
 def _guarded(run_dir: Path, manifest: Manifest, echo, work) -> Path:
@@ -327,7 +329,8 @@ def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict], extra_state
 
 
 def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
-              state: dict | None = None) -> Path:
+              state: dict | None = None, entered: str = "") -> Path:
+    """``entered``: enter_phase's line for the phase the model was compiled for."""
     from imgclf.training.callbacks import CHECKPOINT_DIR, HistoryCSV
 
     cfg, bundle, t = prep.cfg, prep.bundle, prep.cfg.train
@@ -364,7 +367,7 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
     t0 = time.perf_counter()
     losses: list[float] = []
     if phased and epoch < t.phases.head_epochs:  # phase 1: the head alone, no early stop
-        echo(f"phase 1: training the head; the backbone is frozen (lr {t.phases.head_lr:g})")
+        echo(entered)
         history.extra = {"phase": 1, "batch_size": batch_size}
         deciding = {id(cb) for name, cb in stateful.items() if name != "best"}
         fitted = model.fit(
