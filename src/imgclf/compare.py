@@ -106,9 +106,13 @@ def _cell(col: str, value, plain: bool) -> str:
     return str(value)
 
 
-def render(table: pd.DataFrame, fmt: str = "table") -> str:
+def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown `--format`. Received: format={fmt} (known: {', '.join(FORMATS)})")
+
+
+def render(table: pd.DataFrame, fmt: str = "table") -> str:
+    _check_format(fmt)
     plain = fmt == "csv"
     cells = [[_cell(c, row[c], plain) for c in COLUMNS]
              for row in table.astype(object).where(table.notna(), None).to_dict("records")]
@@ -135,8 +139,7 @@ def render(table: pd.DataFrame, fmt: str = "table") -> str:
 def compare(paths: list, *, sort: str | None = None, fmt: str = "table", plot: str | None = None,
             warn=print) -> str:
     """The table as text in ``fmt``; with ``plot``, a PNG of the validation curves."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"Unknown `--format`. Received: format={fmt} (known: {', '.join(FORMATS)})")
+    _check_format(fmt)
     if plot is not None and Path(plot).suffix.lower() != ".png":
         raise ConfigError(f"--plot must end in .png. Received: plot={plot}")
     if plot is not None and not Path(plot).parent.is_dir():

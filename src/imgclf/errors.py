@@ -10,6 +10,12 @@ class ImgclfError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a library's own error), or its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class ConfigError(ImgclfError):
     """A config file or --set override is malformed, unknown or of the wrong type."""
 

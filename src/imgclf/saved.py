@@ -8,7 +8,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.errors import ConfigError, DataError, ModelError
+from imgclf.errors import ConfigError, DataError, ModelError, first_line
 from imgclf.runs import MANIFEST, read_json
 
 
@@ -88,5 +88,4 @@ def load_model(path: str | Path):
     try:
         return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load {path}: {first[:300]}") from None
+        raise ModelError(f"cannot load {path}: {first_line(exc)[:300]}") from None

@@ -13,21 +13,11 @@ import re
 
 import keras
 
-from imgclf.data.augment import augmentation_layers
-from imgclf.models.heads import classifier_head
+from imgclf.models.heads import classifier_head, raw_input
 from imgclf.models.registry import ModelSpec
 
 BACKBONE = "backbone"
 HEAD_PREFIXES = ("head_", "predictions")
-
-
-def raw_input(spec: ModelSpec):
-    """The input of raw 0..255 pixels and the training-only augmentation, no scaling."""
-    inputs = keras.Input(shape=spec.input_shape, name="image")
-    x = inputs
-    for layer in augmentation_layers(spec.augment):
-        x = layer(x)
-    return inputs, x
 
 
 def assemble(spec: ModelSpec, backbone: keras.Model, preprocess: list, name: str) -> keras.Model:
@@ -53,17 +43,18 @@ def is_head(layer) -> bool:
     return layer.name.startswith(HEAD_PREFIXES)
 
 
+def nested_backbone(model: keras.Model) -> keras.Model | None:
+    """The nested model named ``backbone`` (the keras.applications entries), else None."""
+    return next((la for la in model.layers if la.name == BACKBONE), None)
+
+
 def backbone_layers(model: keras.Model) -> list:
     """The backbone's layers in order: the nested ``backbone`` model's, or, in a flat model,
     every layer that holds weights outside the head (preprocessing layers hold none)."""
-    names = [layer.name for layer in model.layers]
-    if BACKBONE in names:
-        return [la for la in model.get_layer(BACKBONE).layers if not isinstance(la, keras.layers.InputLayer)]
+    nested = nested_backbone(model)
+    if nested is not None:
+        return [la for la in nested.layers if not isinstance(la, keras.layers.InputLayer)]
     return [la for la in model.layers if la.weights and not is_head(la)]
-
-
-def head_layers(model: keras.Model) -> list:
-    return [la for la in model.layers if is_head(la)]
 
 
 def backbone_blocks(model: keras.Model, pattern: str) -> dict[str, list]:

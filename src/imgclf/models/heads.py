@@ -17,15 +17,20 @@ def activation(name: str) -> layers.Layer:
     return layers.Activation(name)
 
 
-def stem(spec: ModelSpec):
-    """Input of raw 0..255 pixels, training-only augmentation (``spec.augment``: the per-image
-    steps, see imgclf.data.augment), then scaling to 0..1."""
+def raw_input(spec: ModelSpec):
+    """Input of raw 0..255 pixels and the training-only augmentation (``spec.augment``: the
+    per-image steps, see imgclf.data.augment), unscaled: models with their own preprocessing."""
     inputs = keras.Input(shape=spec.input_shape, name="image")
     x = inputs
     for layer in augmentation_layers(spec.augment):
         x = layer(x)
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(x)
     return inputs, x
+
+
+def stem(spec: ModelSpec):
+    """``raw_input``, then scaling to 0..1."""
+    inputs, x = raw_input(spec)
+    return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(x)
 
 
 def classifier_head(x, spec: ModelSpec, pool: str = "avg", units: list[int] | None = None):

@@ -15,7 +15,7 @@ import os
 import warnings
 from pathlib import Path
 
-from imgclf.errors import ConfigError, ModelError
+from imgclf.errors import ConfigError, ModelError, first_line
 from imgclf.models.registry import ModelEntry
 
 
@@ -98,11 +98,11 @@ def load_weights(model, weights: str) -> None:
 
 
 def _load_weights_file(model, path: Path, weights: str) -> None:
-    from imgclf.models.backbone import BACKBONE
+    from imgclf.models.backbone import nested_backbone
 
-    names = [layer.name for layer in model.layers]
     errors = []
-    targets = ([model.get_layer(BACKBONE)] if BACKBONE in names else []) + [model]
+    nested = nested_backbone(model)
+    targets = ([nested] if nested is not None else []) + [model]
     for target in targets:  # the backbone alone first: that is what a *_notop.h5 holds
         try:
             with warnings.catch_warnings():  # keras warns per layer before it raises on a misfit
@@ -110,7 +110,7 @@ def _load_weights_file(model, path: Path, weights: str) -> None:
                 target.load_weights(path)
             return
         except Exception as exc:
-            errors.append(_first_line(exc))
+            errors.append(first_line(exc))
     raise ModelError(f"model.weights={weights}: does not fit this model: {errors[-1]}")
 
 
@@ -135,8 +135,3 @@ def transfer_backbone(source, target, weights: str = "") -> int:
         layer.set_weights(values)
         copied += 1
     return copied
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

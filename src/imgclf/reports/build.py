@@ -24,7 +24,6 @@ from imgclf.reports.plots import plot_confusion, plot_curves, plot_image_grid, p
 from imgclf.runs import MANIFEST, atomic_path, read_json, write_json, write_text
 
 MISCLASSIFIED_SHOWN = 18
-UNFINISHED = ("running", "failed", "interrupted")
 
 
 @dataclass

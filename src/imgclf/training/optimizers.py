@@ -260,9 +260,6 @@ BASES = {
     "ranger": Ranger,
 }
 WITH_MULTIPLIERS = {key: with_lr_multipliers(cls) for key, cls in BASES.items()}
-AdamLrMult, AdamWLrMult, SGDLrMult, RMSpropLrMult, LionLrMult, RAdamLrMult, RangerLrMult = (
-    WITH_MULTIPLIERS.values()
-)
 
 
 def make_optimizer(name: str, learning_rate, **params):

@@ -70,14 +70,14 @@ def unfrozen_layers(model, t: TrainConfig, block_pattern: str) -> tuple[list, st
 def set_trainable(model, t: TrainConfig, phase: int, block_pattern: str) -> str:
     """Freeze and unfreeze the backbone for ``phase``; returns what is trained, for the log.
     The head (``head_*``, ``predictions``) is always trained."""
-    from imgclf.models.backbone import BACKBONE, backbone_layers
+    from imgclf.models.backbone import backbone_layers, nested_backbone
 
     layers = backbone_layers(model)
     if not is_partial(t):
         return "all layers"
     if not layers:
         raise ConfigError(f"train.phases: model {model.name} has no backbone to freeze (only a head)")
-    nested = model.get_layer(BACKBONE) if BACKBONE in [la.name for la in model.layers] else None
+    nested = nested_backbone(model)
     if phase == 1:
         unfrozen_layers(model, t, block_pattern)  # a phase 2 that cannot be fails now, not later
         for layer in [nested] if nested is not None else layers:
