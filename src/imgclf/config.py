@@ -244,6 +244,7 @@ class TrainConfig(Section):
     class_weight: Literal["balanced"] | dict[str, Annotated[Float, Field(ge=0.0)]] | None = None
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     batch_size_schedule: list[BatchGrowth] = Field(default_factory=list)
+    tta: Literal["flip"] | None = None
     tensorboard: bool = False
     deterministic: bool = False
     verbose: Annotated[Literal["auto", 0, 1, 2], BeforeValidator(_not_bool)] = "auto"

@@ -34,13 +34,15 @@ def stem(spec: ModelSpec):
 
 
 def classifier_head(x, spec: ModelSpec, pool: str = "avg", units: list[int] | None = None):
-    """The one head: pool (global average, or flatten for the MLP), optional batch norm on the
+    """The one head: pool (global average or max, or flatten for the MLP), optional batch norm on the
     pooled features (model.head_batch_norm), dense layers (model.dense_units) with the config's
     activation and optional batch norm (model.batch_norm), dropout, softmax output. Its layers
     are named head_* and predictions: that is how transfer learning tells head from backbone."""
     cfg = spec.cfg
     if pool == "avg":
         x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+    elif pool == "max":
+        x = layers.GlobalMaxPooling2D(name="head_pool")(x)
     elif pool == "flatten":
         x = layers.Flatten(name="head_flatten")(x)
     else:

@@ -183,16 +183,17 @@ def datasets(prep: Prepared, train_batch_size: int | None = None) -> dict:
     }
 
 
-def write_predictions(model, data: dict, bundle: DataBundle, path: Path) -> None:
+def write_predictions(model, data: dict, bundle: DataBundle, path: Path, tta: str | None = None) -> None:
     """One row per val/test item, in split order: split, id, true and predicted class,
-    and one probability column per class."""
+    and one probability column per class (averaged over ``tta``'s views, train.tta)."""
+    from imgclf.evaluate import predict_probs
+
     frames = []
     names = np.array(bundle.class_names)
     for name in ("val", "test"):
         if name not in data:
             continue
-        probs = model.predict(data[name], verbose=0).astype(np.float64)
-        probs /= probs.sum(axis=1, keepdims=True)  # exact in float64, before CSV rounding
+        probs = predict_probs(model, data[name], tta)  # float64, rows summing to 1
         split = bundle.splits[name]
         frame = pd.DataFrame(
             {
@@ -420,7 +421,7 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
     best.restore(model)  # the best epoch's weights are back; save them as the run's model
     with atomic_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
-    write_predictions(model, data, bundle, run_dir / "predictions.csv")
+    write_predictions(model, data, bundle, run_dir / "predictions.csv", t.tta)
     metrics = write_reports(run_dir)
     manifest.close("finished")
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # a finished run needs no resume
