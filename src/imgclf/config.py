@@ -248,6 +248,9 @@ class TrainConfig(Section):
     deterministic: bool = False
     verbose: Annotated[Literal["auto", 0, 1, 2], BeforeValidator(_not_bool)] = "auto"
     phases: PhasesConfig = Field(default_factory=PhasesConfig)
+    strategy: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
+    mixed_precision: bool = False
+    jit_compile: Literal["auto"] | bool = "auto"
 
     @model_validator(mode="after")
     def _phase_two_has_epochs(self):
