@@ -95,6 +95,21 @@ def tf_config() -> dict:
     return conf
 
 
+_MULTI_WORKER: list = []  # the process's one MultiWorkerMirroredStrategy, made at start
+
+
+def start_multi_worker():
+    """Make the MultiWorkerMirroredStrategy (TF_CONFIG's cluster): TensorFlow accepts it only
+    before its first op, so `imgclf train` calls this right after importing TensorFlow. It
+    waits until every worker has started."""
+    import tensorflow as tf
+
+    if not _MULTI_WORKER:
+        tf_config()
+        _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
+    return _MULTI_WORKER[0]
+
+
 def make_distribution(name: str) -> Distribution:
     """The strategy ``train.strategy`` names. auto: mirrored over the GPUs when more than one
     is visible, else one_device (TensorFlow's default placement: the first GPU, else the CPU).
@@ -119,7 +134,11 @@ def make_distribution(name: str) -> Distribution:
                                            and "chief" not in cluster)
     order = cluster.get("chief", []) + cluster.get("worker", [])
     worker = (0 if task["type"] == "chief" else len(cluster.get("chief", [])) + task["index"])
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    try:
+        strategy = start_multi_worker()
+    except RuntimeError as exc:  # "Collective ops must be configured at program startup"
+        raise ConfigError(f"train.strategy=multi_worker must be set up before TensorFlow runs anything in "
+                          f"the process ({exc}): run it as `imgclf train` in a process of its own") from None
     return Distribution(strategy, "multi_worker", worker=worker, workers=len(order), is_chief=is_chief)
 
 
