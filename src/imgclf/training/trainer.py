@@ -60,9 +60,6 @@ def prepare(cfg: Config) -> Prepared:
     for key, monitor in monitors.items():
         if monitor not in MONITORS:
             raise ConfigError(f"{key}: unknown metric {monitor!r} (known: {', '.join(MONITORS)})")
-    if t.strategy == "multi_worker" and t.jit_compile is True:
-        raise ConfigError("train.jit_compile: true is not supported with train.strategy=multi_worker (its "
-                          "training loop runs without XLA); use auto or false. Received: jit_compile=True")
     entry = get_entry(cfg.model.name)
     check_weights(cfg.model.weights, entry)
     bundle = load_data(cfg.data, cfg.seed)
