@@ -269,8 +269,12 @@ def train(cfg: Config, out: str | None = None, echo=print) -> Path | None:
     run_dir = new_run_dir(out or cfg.output.dir, name) if dist.is_chief else dist.scratch_dir()
     manifest = Manifest(run_dir, "train")
     write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo,
-                                                               entered=entered, dist=dist))
+    try:
+        return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo,
+                                                                   entered=entered, dist=dist),
+                        own_run=dist.is_chief)
+    finally:
+        dist.cleanup()  # a non-chief worker's scratch directory
 
 
 def resume(run_dir: str | Path, echo=print) -> Path:
@@ -319,13 +323,18 @@ def resume(run_dir: str | Path, echo=print) -> Path:
                     lambda: _train_in(run_dir, prep, model, manifest, echo, state, entered, dist))
 
 
-def _guarded(run_dir: Path, manifest: Manifest, echo, work) -> Path:
+def _guarded(run_dir: Path, manifest: Manifest, echo, work, own_run: bool = True) -> Path:
+    """``own_run``: False on a multi_worker worker other than the chief, whose ``run_dir`` is
+    a scratch directory: the chief's run directory is the one to resume."""
     try:
         return work()
     except KeyboardInterrupt:
         manifest.close("interrupted")
-        echo(f"interrupted; every finished epoch is saved in {run_dir}")
-        echo(f"resume with: imgclf train --resume {run_dir}")
+        if own_run:
+            echo(f"interrupted; every finished epoch is saved in {run_dir}")
+            echo(f"resume with: imgclf train --resume {run_dir}")
+        else:
+            echo("interrupted; the chief's run directory holds every finished epoch")
         raise
     except BaseException as exc:
         manifest.close("failed", error=f"{type(exc).__name__}: {exc}")
@@ -374,17 +383,13 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
     multi_worker every worker trains; only the chief's ``run_dir`` is the run (the others'
     is a scratch directory, removed at the end)."""
     dist = dist or make_distribution("one_device")
-    try:
-        with dist.strategy.scope():
-            best, data, epoch, train_time = _fit_all(run_dir, prep, model, manifest, echo, state, entered,
-                                                     dist)
-        if not dist.is_chief:
-            barrier(dist)  # until the chief has written the run
-            echo(f"worker {dist.worker}: training done; the chief writes the run directory")
-            return None
-        return _finish(run_dir, prep, model, manifest, echo, dist, best, data, epoch, train_time)
-    finally:
-        dist.cleanup()
+    with dist.strategy.scope():
+        best, data, epoch, train_time = _fit_all(run_dir, prep, model, manifest, echo, state, entered, dist)
+    if not dist.is_chief:
+        barrier(dist)  # until the chief has written the run
+        echo(f"worker {dist.worker}: training done; the chief writes the run directory")
+        return None
+    return _finish(run_dir, prep, model, manifest, echo, dist, best, data, epoch, train_time)
 
 
 def _fit_all(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo, state, entered: str,
