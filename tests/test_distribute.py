@@ -281,3 +281,53 @@ def test_mixed_precision_with_a_gpu_builds_float16_layers_and_a_float32_output(m
     assert model.jit_compile is False
     x = np.random.default_rng(0).uniform(0, 255, (4, *prep.image_size, prep.channels)).astype("float32")
     assert keras.ops.convert_to_numpy(model(x)).dtype == np.float32
+
+
+# ---------------------------------------------- the multi-worker loop against fit
+class StopAfter(__import__("keras").callbacks.Callback):
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            self.model.stop_training = True
+
+
+def test_the_multi_worker_loop_gives_what_fit_gives():
+    """fit_loop under the default strategy, against Keras' fit on the same model, data and
+    class weights: the same logs (keys and values), weights, and a stop_training honoured."""
+    import keras
+    import tensorflow as tf
+
+    from imgclf.config import load_config
+    from imgclf.training import trainer
+    from imgclf.training.distribute import fit_loop
+
+    recipe = [*FAST, "data.shuffle_buffer=1", "model.dropout=0", "train.class_weight={'0': 3.0, '1': 0.5}",
+              "train.epochs=3"]
+    prep = trainer.prepare(load_config([], recipe))
+    data = trainer.datasets(prep)
+    class_weight = trainer.class_weight_map(prep)
+    histories, models = [], []
+    for loop in ("fit", "fit_loop"):
+        trainer._seed(prep.cfg)
+        model = trainer.build_model(prep)
+        trainer.enter_phase(model, prep, 2)
+        kwargs = dict(validation_data=data["val"], epochs=3, callbacks=[StopAfter(2)], verbose=0,
+                      class_weight=class_weight)
+        if loop == "fit":
+            history = model.fit(data["train"], **kwargs)
+        else:
+            history = fit_loop(model, tf.distribute.get_strategy(), data["train"], **kwargs)
+        histories.append(history.history)
+        models.append(model)
+    fitted, looped = histories
+    assert sorted(looped) == sorted(fitted) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    for key in fitted:
+        assert len(looped[key]) == len(fitted[key]) == 2  # stopped after epoch 2 of 3
+        np.testing.assert_allclose(looped[key], fitted[key], rtol=1e-5, err_msg=key)
+    for a, b in zip(*(m.get_weights() for m in models)):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+    steps = [int(keras.ops.convert_to_numpy(m.optimizer.iterations)) for m in models]
+    assert steps[0] == steps[1] == 2 * trainer.steps_per_epoch(prep)

@@ -199,8 +199,8 @@ def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, e
     (images, one-hot labels) in global batches), callbacks and logs; returns the History.
 
     Loss and accuracy follow ``fit``'s definitions: the epoch's loss is the mean of the batch
-    losses weighted by batch size, accuracy is weighted by the class weights when there are
-    any (as Keras weighs compiled metrics by sample weight), validation is unweighted."""
+    losses (class-weighted, as the gradient) weighted by batch size; accuracy counts every
+    image alike (Keras weighs only ``weighted_metrics``, and we compile ``metrics``)."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -215,13 +215,11 @@ def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, e
             model.optimizer.build(model.trainable_variables)
     trainable = model.trainable_variables  # fixed at compile time, as in fit
 
-    def sums(loss, y, y_pred, sample_weight):
+    def sums(loss, y, y_pred):
         n = tf.cast(tf.shape(y)[0], tf.float32)
         correct = tf.cast(tf.equal(tf.argmax(y, -1), tf.argmax(y_pred, -1)), tf.float32)
-        w = tf.ones_like(correct) if sample_weight is None else sample_weight
         # the loss Keras returns is already divided by the replicas (their gradients add up)
-        return tf.stack([tf.cast(loss, tf.float32) * replicas * n, tf.reduce_sum(w * correct),
-                         tf.reduce_sum(w), n])
+        return tf.stack([tf.cast(loss, tf.float32) * replicas * n, tf.reduce_sum(correct), n])
 
     def replica_train(images, y):
         sample_weight = None if weights is None else tf.gather(weights, tf.argmax(y, -1))
@@ -232,12 +230,12 @@ def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, e
             scaled = model.optimizer.scale_loss(loss)  # a LossScaleOptimizer's scale (mixed precision)
         grads = tape.gradient(scaled, trainable)
         model.optimizer.apply_gradients(zip(grads, trainable))
-        return sums(loss, y, y_pred, sample_weight)
+        return sums(loss, y, y_pred)
 
     def replica_eval(images, y):
         y_pred = model(images, training=False)
         loss = model.compute_loss(x=images, y=y, y_pred=y_pred, training=False)
-        return sums(loss, y, y_pred, None)
+        return sums(loss, y, y_pred)
 
     @tf.function(reduce_retracing=True)
     def train_step(batch):
@@ -248,8 +246,8 @@ def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, e
         return strategy.reduce("SUM", strategy.run(replica_eval, args=batch), axis=None)
 
     def logs_of(total: np.ndarray, prefix: str = "") -> dict:
-        loss_sum, correct, weight, n = (float(v) for v in total)
-        return {f"{prefix}loss": loss_sum / max(n, 1.0), f"{prefix}accuracy": correct / max(weight, 1e-12)}
+        loss_sum, correct, n = (float(v) for v in total)
+        return {f"{prefix}loss": loss_sum / max(n, 1.0), f"{prefix}accuracy": correct / max(n, 1.0)}
 
     train_data = _distributed(strategy, x)
     val_data = _distributed(strategy, validation_data) if validation_data is not None else None
@@ -262,7 +260,7 @@ def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, e
     logs: dict = {}
     for epoch in range(initial_epoch, epochs):
         cbs.on_epoch_begin(epoch)
-        total = np.zeros(4)
+        total = np.zeros(3)
         for step, batch in enumerate(train_data):
             cbs.on_train_batch_begin(step)
             total += train_step(batch).numpy()
@@ -272,7 +270,7 @@ def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, e
         logs = logs_of(total)
         if val_data is not None:
             cbs.on_test_begin()
-            val_total = np.zeros(4)
+            val_total = np.zeros(3)
             for batch in val_data:
                 val_total += eval_step(batch).numpy()
             cbs.on_test_end(logs_of(val_total))
