@@ -106,7 +106,12 @@ def start_multi_worker():
 
     if not _MULTI_WORKER:
         tf_config()
-        _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
+        try:
+            _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
+        except RuntimeError as exc:  # "Collective ops must be configured at program startup"
+            raise ConfigError(f"train.strategy=multi_worker must be set up before TensorFlow runs anything "
+                              f"in the process ({exc}): run it as `imgclf train` in a process of its own"
+                              ) from None
     return _MULTI_WORKER[0]
 
 
@@ -134,11 +139,7 @@ def make_distribution(name: str) -> Distribution:
                                            and "chief" not in cluster)
     order = cluster.get("chief", []) + cluster.get("worker", [])
     worker = (0 if task["type"] == "chief" else len(cluster.get("chief", [])) + task["index"])
-    try:
-        strategy = start_multi_worker()
-    except RuntimeError as exc:  # "Collective ops must be configured at program startup"
-        raise ConfigError(f"train.strategy=multi_worker must be set up before TensorFlow runs anything in "
-                          f"the process ({exc}): run it as `imgclf train` in a process of its own") from None
+    strategy = start_multi_worker()
     return Distribution(strategy, "multi_worker", worker=worker, workers=len(order), is_chief=is_chief)
 
 
