@@ -267,9 +267,9 @@ def train(cfg: Config, out: str | None = None, echo=print) -> Path | None:
         echo(entered)  # phased runs say so as each phase starts
     name = cfg.output.name or f"{cfg.model.name}-{cfg.data.source}"
     run_dir = new_run_dir(out or cfg.output.dir, name) if dist.is_chief else dist.scratch_dir()
-    manifest = Manifest(run_dir, "train")
-    write_text(run_dir / "config.yaml", dump_yaml(cfg))
     try:
+        manifest = Manifest(run_dir, "train")
+        write_text(run_dir / "config.yaml", dump_yaml(cfg))
         return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo,
                                                                    entered=entered, dist=dist),
                         own_run=dist.is_chief)
