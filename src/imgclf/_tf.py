@@ -13,10 +13,14 @@ import sys
 import tempfile
 
 
-def import_tensorflow():
+def import_tensorflow(setup=None):
+    """TensorFlow, imported quietly. ``setup()`` runs after the import and before TensorFlow's
+    first op: what must be configured at program start (MultiWorkerMirroredStrategy)."""
     if "tensorflow" in sys.modules or os.environ.get("IMGCLF_TF_LOGS"):
         import tensorflow as tf
 
+        if setup is not None:
+            setup()
         return tf
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()
@@ -27,6 +31,8 @@ def import_tensorflow():
             import keras  # noqa: F401  (imports tensorflow, the backend)
             import tensorflow as tf
 
+            if setup is not None:
+                setup()
             tf.constant(0) + 1  # the first op loads the device plugins: more chatter
         except BaseException:
             os.dup2(saved, 2)

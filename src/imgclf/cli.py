@@ -78,11 +78,18 @@ def train(
             run_dir = resume_training(resume, echo=typer.echo)
         else:
             cfg = load_config(config, set_)  # config errors come before TensorFlow's slow import
-            import_tensorflow()
+            setup = None
+            if cfg.train.strategy == "multi_worker":
+                from imgclf.training.distribute import start_multi_worker, tf_config
+
+                tf_config()  # a missing or malformed TF_CONFIG is one line, before the import
+                setup = start_multi_worker
+            import_tensorflow(setup)
             from imgclf.training.trainer import train as run_training
 
             run_dir = run_training(cfg, out=str(out) if out else None, echo=typer.echo)
-    typer.echo(str(run_dir))
+    if run_dir is not None:  # None: a multi_worker worker other than the chief, which writes no run
+        typer.echo(str(run_dir))
 
 
 @app.command("lr-find")

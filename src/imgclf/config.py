@@ -31,7 +31,14 @@ def _not_bool(value):
     return value
 
 
+def _auto_or_bool(value):
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"expected auto, true or false, got {value!r}")
+
+
 Int = Annotated[int, BeforeValidator(_not_bool)]
+AutoBool = Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_bool)]
 Float = Annotated[float, BeforeValidator(_not_bool)]
 PositiveInt = Annotated[Int, Field(gt=0)]
 Activation = Literal["relu", "leaky_relu", "mish", "gelu", "swish", "elu", "tanh"]
@@ -249,6 +256,9 @@ class TrainConfig(Section):
     deterministic: bool = False
     verbose: Annotated[Literal["auto", 0, 1, 2], BeforeValidator(_not_bool)] = "auto"
     phases: PhasesConfig = Field(default_factory=PhasesConfig)
+    strategy: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
+    mixed_precision: bool = False
+    jit_compile: AutoBool = "auto"
 
     @model_validator(mode="after")
     def _phase_two_has_epochs(self):
@@ -257,6 +267,9 @@ class TrainConfig(Section):
                 f"phases.head_epochs ({self.phases.head_epochs}) must be less than epochs "
                 f"({self.epochs}), which counts both phases"
             )
+        if self.strategy == "multi_worker" and self.jit_compile is True:
+            raise ValueError("jit_compile=true does not apply to strategy multi_worker (its training loop "
+                             "runs without XLA): use auto or false")
         return self
 
 

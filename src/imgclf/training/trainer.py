@@ -24,6 +24,14 @@ from imgclf.errors import ConfigError, TrainingError
 from imgclf.reports import write_reports
 from imgclf.reports.metrics import prob_columns
 from imgclf.runs import MANIFEST, Manifest, atomic_path, new_run_dir, read_json, write_json, write_text
+from imgclf.training.distribute import (
+    Distribution,
+    barrier,
+    dtype_policy,
+    fit_loop,
+    make_distribution,
+    mixed_precision_active,
+)
 from imgclf.training.phases import is_partial, is_phased, phase_after
 
 DEFAULT_FOLDER_SIZE = (224, 224)
@@ -91,7 +99,9 @@ def build_model(prep: Prepared):
         cfg=cfg.model,
         augment=in_model,
     )
-    model = create_model(cfg.model.name, spec)
+    # mixed_float16 layers (with a GPU); the head's output layer stays float32 (models/heads.py)
+    with dtype_policy("mixed_float16" if mixed_precision_active(cfg.train.mixed_precision) else None):
+        model = create_model(cfg.model.name, spec)
     if cfg.model.weights and cfg.model.weights != "imagenet":
         load_weights(model, cfg.model.weights)
     return model
@@ -126,7 +136,8 @@ def compile_model(model, t: TrainConfig, steps: int, epochs: int | None = None) 
         _check_lr_multipliers(model, t.optimizer.lr_multipliers, optimizer.variable_paths)
     loss = make_loss(t.loss.name, label_smoothing=t.loss.label_smoothing, alpha=t.loss.alpha,
                      gamma=t.loss.gamma)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    # a mixed_float16 model gets Keras' LossScaleOptimizer around the optimizer (auto_scale_loss)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=t.jit_compile)
 
 
 def _check_lr_multipliers(model, multipliers: dict, qualified: dict[str, str]) -> None:
@@ -224,23 +235,47 @@ def _seed(cfg: Config) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def train(cfg: Config, out: str | None = None, echo=print) -> Path:
-    """Train one model as ``cfg`` says; returns the new run directory."""
+def distribution(prep: Prepared, echo=print) -> Distribution:
+    """train.strategy made, checked against the batch size, and announced (with the
+    mixed-precision fallback on a machine without a GPU)."""
+    t = prep.cfg.train
+    dist = make_distribution(t.strategy)
+    if dist.replicas > 1:
+        echo(dist.describe())
+        batch = min([prep.cfg.data.batch_size] + [s.batch_size for s in t.batch_size_schedule])
+        if batch < dist.replicas:
+            raise ConfigError(f"data.batch_size is the global batch, split over {dist.replicas} replicas: it "
+                              f"must be at least {dist.replicas}. Received: batch_size={batch}")
+    if t.mixed_precision and not mixed_precision_active(True):
+        echo("warning: train.mixed_precision needs a GPU (float16 is slower on a CPU); training in float32")
+    return dist
+
+
+def train(cfg: Config, out: str | None = None, echo=print) -> Path | None:
+    """Train one model as ``cfg`` says; returns the new run directory (None on a
+    multi_worker worker other than the chief, which writes no run directory)."""
     prep = prepare(cfg)
     cfg = prep.cfg
+    dist = distribution(prep, echo)
     _seed(cfg)
     # a model that cannot be built, weights that do not fit, or a recipe the optimizer
-    # refuses all fail before a run directory exists
-    model = build_model(prep)
-    entered = enter_phase(model, prep, phase_after(cfg.train, 0))
+    # refuses all fail before a run directory exists; variables and optimizer are made in
+    # the strategy's scope, so they are mirrored over its replicas
+    with dist.strategy.scope():
+        model = build_model(prep)
+        entered = enter_phase(model, prep, phase_after(cfg.train, 0))
     if is_partial(cfg.train) and not is_phased(cfg.train):
         echo(entered)  # phased runs say so as each phase starts
     name = cfg.output.name or f"{cfg.model.name}-{cfg.data.source}"
-    run_dir = new_run_dir(out or cfg.output.dir, name)
-    manifest = Manifest(run_dir, "train")
-    write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo,
-                                                               entered=entered))
+    run_dir = new_run_dir(out or cfg.output.dir, name) if dist.is_chief else dist.scratch_dir()
+    try:
+        manifest = Manifest(run_dir, "train")
+        write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo,
+                                                                   entered=entered, dist=dist),
+                        own_run=dist.is_chief)
+    finally:
+        dist.cleanup()  # a non-chief worker's scratch directory
 
 
 def resume(run_dir: str | Path, echo=print) -> Path:
@@ -261,32 +296,46 @@ def resume(run_dir: str | Path, echo=print) -> Path:
         # the checkpoint holds every weight: the starting weights (a download, another run's
         # directory) need not be there any more
         cfg.model.weights = None
+    if cfg.train.strategy == "multi_worker":
+        # the run directory and its checkpoint are the chief's alone: the run continues here, in
+        # one process, with the same global batch (the checkpoint holds plain, unmirrored values)
+        echo("resuming a multi_worker run in this one process (train.strategy auto); "
+             f"the global batch stays {cfg.data.batch_size}")
+        cfg.train.strategy = "auto"
     prep = prepare(cfg)
     cfg = prep.cfg
+    dist = distribution(prep, echo)
     _seed(cfg)
-    model = build_model(prep)
     batch = (state or {}).get("callbacks", {}).get("batch_size", {}).get("batch_size")
-    # compiled for the phase the checkpoint was taken in, so its optimizer state fits
-    entered = enter_phase(model, prep, _checkpoint_phase(cfg.train, state))
+    with dist.strategy.scope():
+        model = build_model(prep)
+        # compiled for the phase the checkpoint was taken in, so its optimizer state fits
+        entered = enter_phase(model, prep, _checkpoint_phase(cfg.train, state))
+        if state is not None:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(run_dir / CHECKPOINT_DIR / CHECKPOINT_WEIGHTS)
     if state is not None:
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(run_dir / CHECKPOINT_DIR / CHECKPOINT_WEIGHTS)
         echo(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.train.epochs}"
              + (f" (batch size {batch})" if batch else ""))
     else:
         echo(f"resuming {run_dir}: no epoch had finished, starting again from epoch 1")
     manifest = Manifest.reopen(run_dir)
     return _guarded(run_dir, manifest, echo,
-                    lambda: _train_in(run_dir, prep, model, manifest, echo, state, entered))
+                    lambda: _train_in(run_dir, prep, model, manifest, echo, state, entered, dist))
 
 
-def _guarded(run_dir: Path, manifest: Manifest, echo, work) -> Path:
+def _guarded(run_dir: Path, manifest: Manifest, echo, work, own_run: bool = True) -> Path:
+    """``own_run``: False on a multi_worker worker other than the chief, whose ``run_dir`` is
+    a scratch directory: the chief's run directory is the one to resume."""
     try:
         return work()
     except KeyboardInterrupt:
         manifest.close("interrupted")
-        echo(f"interrupted; every finished epoch is saved in {run_dir}")
-        echo(f"resume with: imgclf train --resume {run_dir}")
+        if own_run:
+            echo(f"interrupted; every finished epoch is saved in {run_dir}")
+            echo(f"resume with: imgclf train --resume {run_dir}")
+        else:
+            echo("interrupted; the chief's run directory holds every finished epoch")
         raise
     except BaseException as exc:
         manifest.close("failed", error=f"{type(exc).__name__}: {exc}")
@@ -330,9 +379,24 @@ def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict], extra_state
 
 
 def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
-              state: dict | None = None, entered: str = "") -> Path:
-    """``entered``: enter_phase's line for the phase the model was compiled for."""
-    from imgclf.training.callbacks import CHECKPOINT_DIR, HistoryCSV
+              state: dict | None = None, entered: str = "", dist: Distribution | None = None) -> Path | None:
+    """``entered``: enter_phase's line for the phase the model was compiled for. Under
+    multi_worker every worker trains; only the chief's ``run_dir`` is the run (the others'
+    is a scratch directory, removed at the end)."""
+    dist = dist or make_distribution("one_device")
+    with dist.strategy.scope():
+        best, data, epoch, train_time = _fit_all(run_dir, prep, model, manifest, echo, state, entered, dist)
+    if not dist.is_chief:
+        barrier(dist)  # until the chief has written the run
+        echo(f"worker {dist.worker}: training done; the chief writes the run directory")
+        return None
+    return _finish(run_dir, prep, model, manifest, echo, dist, best, data, epoch, train_time)
+
+
+def _fit_all(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo, state, entered: str,
+             dist: Distribution):
+    """Every epoch of the run (phases, batch growth); returns what `_finish` needs."""
+    from imgclf.training.callbacks import HistoryCSV
 
     cfg, bundle, t = prep.cfg, prep.bundle, prep.cfg.train
     write_json(run_dir / "classes.json", bundle.class_names)
@@ -365,13 +429,18 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
     data = datasets(prep, batch_size)
     class_weight = class_weight_map(prep)
 
+    if dist.kind == "multi_worker":  # Keras' fit does not run there (training/distribute.py)
+        def fit(data, **kwargs):
+            return fit_loop(model, dist.strategy, data, **kwargs)
+    else:
+        fit = model.fit
     t0 = time.perf_counter()
     losses: list[float] = []
     if phased and epoch < t.phases.head_epochs:  # phase 1: the head alone, no early stop
         echo(entered)
         history.extra = {"phase": 1, "batch_size": batch_size}
         deciding = {id(cb) for name, cb in stateful.items() if name != "best"}
-        fitted = model.fit(
+        fitted = fit(
             data["train"], validation_data=data.get("val"), initial_epoch=epoch,
             epochs=t.phases.head_epochs, callbacks=[cb for cb in callbacks if id(cb) not in deciding],
             verbose=_verbosity(t.verbose), class_weight=class_weight, shuffle=False,
@@ -384,7 +453,7 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
     while (epoch < t.epochs and not (stopper and stopper.stopped_epoch)
            and (not losses or np.isfinite(losses[-1]))):
         history.extra = {"batch_size": batch_size, **({"phase": 2} if phased else {})}
-        fitted = model.fit(
+        fitted = fit(
             data["train"], validation_data=data.get("val"), initial_epoch=epoch, epochs=t.epochs,
             callbacks=callbacks, verbose=_verbosity(t.verbose), class_weight=class_weight,
             shuffle=False,  # the pipeline shuffles, with the seed
@@ -401,29 +470,47 @@ def _train_in(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo,
         data["train"] = datasets(prep, batch_size)["train"]
     # this session's time, plus the epochs that finished before a resume
     train_time = time.perf_counter() - t0 + sum(float(r.get("time_s", 0.0)) for r in rows)
-
     best = stateful["best"]
-    es = t.early_stopping
-    if losses and not np.isfinite(losses[-1]):
+    if losses and not np.isfinite(losses[-1]):  # every worker sees the same reduced loss
         if best.best_epoch is None:
             # the rate of the phase it diverged in: phase 1 runs at phases.head_lr
             key, rate = (("train.phases.head_lr", t.phases.head_lr) if phase == 1
                          else ("train.optimizer.lr", t.optimizer.lr))
             raise TrainingError(
                 f"training diverged (loss {losses[-1]} in epoch {epoch}) before any epoch "
-                f"finished with a finite {es.monitor}: lower {key} (now {rate:g})"
+                f"finished with a finite {t.early_stopping.monitor}: lower {key} (now {rate:g})"
             )
         echo(f"warning: training diverged in epoch {epoch} (loss {losses[-1]}); "
              f"keeping epoch {best.best_epoch}, the best before it")
+    return best, data, epoch, train_time
 
+
+def _finish(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo, dist: Distribution,
+            best, data: dict, epoch: int, train_time: float) -> Path:
+    """The chief's part after training: the best model, predictions, reports, the manifest."""
+    from imgclf.saved import load_model
+    from imgclf.training.callbacks import CHECKPOINT_DIR
+
+    bundle, es = prep.bundle, prep.cfg.train.early_stopping
     manifest.update(epochs=epoch, best_epoch=best.best_epoch, monitor=es.monitor,
-                    best_value=best.best, train_time_s=round(train_time, 3))
-    best.restore(model)  # the best epoch's weights are back; save them as the run's model
-    with atomic_path(run_dir / "model.keras") as tmp:
-        model.save(tmp)
-    write_predictions(model, data, bundle, run_dir / "predictions.csv", t.tta)
+                    best_value=best.best, train_time_s=round(train_time, 3), strategy=dist.kind,
+                    replicas=dist.replicas,
+                    mixed_precision=model.dtype_policy.name == "mixed_float16")
+    if dist.kind == "multi_worker":
+        # model.keras holds the best epoch (BestModel saved it); predictions come from a copy
+        # of it outside the strategy, on this machine alone
+        if not (run_dir / "model.keras").exists():  # no epoch had a finite monitor
+            with atomic_path(run_dir / "model.keras") as tmp:
+                model.save(tmp)
+        model = load_model(run_dir / "model.keras")
+    else:
+        best.restore(model)  # the best epoch's weights are back; save them as the run's model
+        with atomic_path(run_dir / "model.keras") as tmp:
+            model.save(tmp)
+    write_predictions(model, data, bundle, run_dir / "predictions.csv", prep.cfg.train.tta)
     metrics = write_reports(run_dir)
     manifest.close("finished")
+    barrier(dist)  # the other workers wait for this
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # a finished run needs no resume
 
     parts = [f"{s} accuracy {metrics[s]['accuracy']:.4f}" for s in ("val", "test") if s in metrics]
