@@ -93,3 +93,20 @@ def test_augmentation_is_inactive_at_inference():
     assert aug.__class__.__name__ == "RandomFlip"
     changed = [not np.allclose(aug(x, training=True), x) for _ in range(5)]
     assert any(changed)
+
+
+def test_resnet9_takes_its_widths_from_filters():
+    """Four widths as given; a shorter list goes on doubling its last; global max pooling."""
+    import keras
+
+    from imgclf.models.resnet import resnet9_widths
+
+    assert resnet9_widths([16, 32, 64, 128]) == [16, 32, 64, 128]
+    assert resnet9_widths([8, 16]) == [8, 16, 32, 64]
+    model = create_model("resnet9", spec(28, filters=[8], dense_units=0, dropout=0.0))
+    convs = [la for la in model.layers if isinstance(la, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [8, 16, 16, 16, 32, 64, 64, 64]
+    assert isinstance(model.get_layer("head_pool"), keras.layers.GlobalMaxPooling2D)
+    assert model.get_layer("stage3_add").output.shape[1:3] == (3, 3)  # 28 -> 14 -> 7 -> 3
+    with pytest.raises(ModelError, match="at most 4 widths"):
+        create_model("resnet9", spec(28, filters=[8, 8, 8, 8, 8]))

@@ -283,3 +283,26 @@ def test_resume_does_not_need_the_starting_weights_any_more(tmp_path):
     result = train("--resume", str(run))
     assert run_dir_of(result) == run
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_train_tta_flip_averages_each_image_with_its_mirror(tmp_path):
+    """train.tta=flip: the run's own predictions.csv (and so its metrics) hold the mean of
+    the saved model's probabilities for each image and its left-right mirror."""
+    import keras
+
+    from imgclf.data import load_data
+
+    run = run_dir_of(train(*sets(FAST + ["data.test_split=0.2", "train.tta=flip"]), "--out", str(tmp_path)))
+    cfg = load_config(run / "config.yaml")
+    model = keras.models.load_model(run / "model.keras")
+    x = load_data(cfg.data, cfg.seed).splits["test"].x.astype("float32")
+    want = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
+    plain = model.predict(x, verbose=0)
+    rows = pd.read_csv(run / "predictions.csv").query("split == 'test'")
+    got = rows[[c for c in rows.columns if c.startswith("prob_")]].to_numpy()
+    np.testing.assert_allclose(got, want / want.sum(1, keepdims=True), atol=1e-5)
+    assert np.abs(got - plain).max() > 1e-4  # the mirror changed something: not a plain pass
+    names = [c[len("prob_"):] for c in rows.columns if c.startswith("prob_")]
+    assert list(rows["pred_label"].astype(str)) == [names[i] for i in got.argmax(1)]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] == pytest.approx((rows["pred_label"] == rows["true_label"]).mean())
