@@ -289,6 +289,25 @@ def test_mixed_precision_with_a_gpu_builds_float16_layers_and_a_float32_output(m
     assert keras.ops.convert_to_numpy(model(x)).dtype == np.float32
 
 
+
+def test_bfloat16_trains_on_any_device_with_a_float32_output(tmp_path):
+    """mixed_precision=bfloat16 needs no GPU: bfloat16 layers, float32 weights and softmax,
+    no loss scaling, finite losses, and the policy recorded in run.json."""
+    from imgclf.saved import load_model
+
+    recipe = FAST + ["train.mixed_precision=bfloat16"]
+    result = runner.invoke(app, ["train", *sets(recipe), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+    run = Path(result.output.strip().splitlines()[-1])
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["dtype_policy"] == "mixed_bfloat16" and manifest["mixed_precision"] is True
+    model = load_model(run / "model.keras")
+    assert model.get_layer("rescale").compute_dtype == "bfloat16"
+    assert model.get_layer("predictions").compute_dtype == "float32"
+    assert {w.dtype for w in model.weights} == {"float32"}
+    assert np.isfinite(pd.read_csv(run / "history.csv")["loss"]).all()
+
 # ---------------------------------------------- the multi-worker loop against fit
 class StopAfter(__import__("keras").callbacks.Callback):
     def __init__(self, epochs: int):

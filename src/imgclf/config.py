@@ -257,7 +257,7 @@ class TrainConfig(Section):
     verbose: Annotated[Literal["auto", 0, 1, 2], BeforeValidator(_not_bool)] = "auto"
     phases: PhasesConfig = Field(default_factory=PhasesConfig)
     strategy: Literal["auto", "one_device", "mirrored", "multi_worker"] = "auto"
-    mixed_precision: bool = False
+    mixed_precision: bool | Literal["float16", "bfloat16"] = False
     jit_compile: AutoBool = "auto"
 
     @model_validator(mode="after")

@@ -160,10 +160,18 @@ def barrier(dist: Distribution) -> None:
 
 
 # ----------------------------------------------------------------- mixed precision
-def mixed_precision_active(mixed_precision: bool) -> bool:
-    """mixed_float16 only with a GPU: on a CPU float16 is emulated and slower, so the run
-    trains in float32 (the trainer says so in one line)."""
-    return bool(mixed_precision) and bool(gpus())
+def mixed_policy(mixed_precision: bool | str) -> str | None:
+    """The Keras dtype policy train.mixed_precision asks for on this machine, None for float32.
+
+    true / float16: mixed_float16, only with a GPU (on a CPU float16 is emulated and slower,
+    so the run trains in float32; the trainer says so in one line). bfloat16: mixed_bfloat16
+    anywhere: on CPUs with bfloat16 instructions (AVX512-BF16, AMX) oneDNN runs convolutions
+    and matrix products in it, and it needs no loss scaling."""
+    if mixed_precision == "bfloat16":
+        return "mixed_bfloat16"
+    if mixed_precision in (True, "float16") and gpus():
+        return "mixed_float16"
+    return None
 
 
 @contextmanager

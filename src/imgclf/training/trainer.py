@@ -30,7 +30,7 @@ from imgclf.training.distribute import (
     dtype_policy,
     fit_loop,
     make_distribution,
-    mixed_precision_active,
+    mixed_policy,
 )
 from imgclf.training.phases import is_partial, is_phased, phase_after
 
@@ -99,8 +99,9 @@ def build_model(prep: Prepared):
         cfg=cfg.model,
         augment=in_model,
     )
-    # mixed_float16 layers (with a GPU); the head's output layer stays float32 (models/heads.py)
-    with dtype_policy("mixed_float16" if mixed_precision_active(cfg.train.mixed_precision) else None):
+    # mixed_float16 (with a GPU) or mixed_bfloat16 layers; the head's output layer stays float32
+    # (models/heads.py)
+    with dtype_policy(mixed_policy(cfg.train.mixed_precision)):
         model = create_model(cfg.model.name, spec)
     if cfg.model.weights and cfg.model.weights != "imagenet":
         load_weights(model, cfg.model.weights)
@@ -246,7 +247,7 @@ def distribution(prep: Prepared, echo=print) -> Distribution:
         if batch < dist.replicas:
             raise ConfigError(f"data.batch_size is the global batch, split over {dist.replicas} replicas: it "
                               f"must be at least {dist.replicas}. Received: batch_size={batch}")
-    if t.mixed_precision and not mixed_precision_active(True):
+    if t.mixed_precision and not mixed_policy(t.mixed_precision):
         echo("warning: train.mixed_precision needs a GPU (float16 is slower on a CPU); training in float32")
     return dist
 
@@ -495,7 +496,8 @@ def _finish(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo, dist
     manifest.update(epochs=epoch, best_epoch=best.best_epoch, monitor=es.monitor,
                     best_value=best.best, train_time_s=round(train_time, 3), strategy=dist.kind,
                     replicas=dist.replicas,
-                    mixed_precision=model.dtype_policy.name == "mixed_float16")
+                    mixed_precision=model.dtype_policy.name.startswith("mixed"),
+                    dtype_policy=model.dtype_policy.name)
     if dist.kind == "multi_worker":
         # model.keras holds the best epoch (BestModel saved it); predictions come from a copy
         # of it outside the strategy, on this machine alone
