@@ -703,19 +703,39 @@ def with_values(cfg: Config, values: dict[str, Any]) -> Config:
         raise ConfigError(f"{', '.join(f'{k}={v!r}' for k, v in values.items())}: {_describe(err)}") from None
 
 
+def get_key(cfg: Config, key: str) -> Any:
+    """The value of a dotted key (``train.optimizer.lr``)."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def check_space(cfg: Config, origin: str = "config") -> None:
     """Every value a tune.space entry can give (each choice, both ends of a range) must make
-    a valid config on its own, so a typo in a choice fails now, not in trial 7."""
+    a valid config on its own, so a typo in a choice fails now, not in trial 7. Choices take
+    the key's own type (``1.0e6``, a string to YAML, becomes the float the key holds)."""
     for key, spec in cfg.tune.space.items():
+        typed = []
         for value in spec.candidates():
             try:
-                with_values(cfg, {key: value})
+                typed.append(get_key(with_values(cfg, {key: value}), key))
             except ConfigError as exc:
                 reason = str(exc).split(": ", 1)[1]
                 if reason.startswith(f"{key}: "):
                     reason = reason[len(key) + 2:]
                 raise ConfigError(f"{origin}: tune.space.{key}: {spec.kind} value {value!r} does not fit: "
                                   f"{reason}") from None
+        if spec.kind == "choice":
+            typed = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in typed]
+            try:
+                cfg.tune.space[key] = SpaceSpec.model_validate({"choice": typed})
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ConfigError(f"{origin}: tune.space.{key}: {reason}") from None
+        elif spec.kind == "float" and all(isinstance(v, int) and not isinstance(v, bool) for v in typed):
+            whole = [int(x) if float(x).is_integer() else x for x in spec.float_]
+            raise ConfigError(f"{origin}: tune.space.{key}: {key} takes whole numbers; use {{int: {whole}}}")
 
 
 def to_dict(cfg: Config) -> dict:

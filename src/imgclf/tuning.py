@@ -3,8 +3,9 @@
 The config's ``tune.space`` maps config keys to choices or ranges. A KerasTuner HyperModel
 declares one hyperparameter per key (named by the key); our Tuner's ``run_trial`` sets the
 trial's values on the config and calls the trainer, as ``imgclf train`` would, into
-``TUNE_DIR/trials/``, and returns the objective read from the run's history.csv (its best
-value over the epochs, KerasTuner's own rule). A trial that fails (a diverged loss, any
+``TUNE_DIR/trials/``, and returns the objective read from the run's history.csv at the
+epoch whose weights the run kept (train.early_stopping.monitor picks it), so a trial's score
+is that of its model.keras. A trial that fails (a diverged loss, any
 error) is recorded as failed with its reason and the search goes on.
 
     TUNE_DIR/config.yaml        the resolved config, tune section included
@@ -34,7 +35,7 @@ import pandas as pd
 
 from imgclf.config import Config, TuneConfig, dump_yaml, load_config, to_dict, with_values
 from imgclf.errors import ConfigError, ImgclfError, TrainingError, first_line
-from imgclf.runs import Manifest, new_run_dir, read_json, write_json, write_text
+from imgclf.runs import MANIFEST, Manifest, new_run_dir, read_json, write_json, write_text
 
 TUNE_MANIFEST = "tune.json"
 KT_PROJECT = "keras_tuner"
@@ -144,16 +145,19 @@ def trial_config(cfg: Config, values: dict, name: str, seed_offset: int = 0) -> 
     return with_values(base, {**values, "seed": seed, "output.name": name})
 
 
-def best_value(history: Path, objective: str, direction: str) -> float:
-    frame = pd.read_csv(history)
+def trial_score(run_dir: Path, objective: str) -> float:
+    """The objective at the epoch whose weights the run kept (its best epoch by
+    train.early_stopping.monitor), so a trial's score is its model.keras's."""
+    frame = pd.read_csv(run_dir / "history.csv")
     if objective not in frame:
         logged = ", ".join(c for c in frame.columns if c != "epoch")
-        raise TrainingError(f"tune.objective: {objective} is not in {history} (logged: {logged})")
-    values = frame[objective].astype(float)
-    values = values[values.map(math.isfinite)]
-    if values.empty:
-        raise TrainingError(f"no epoch of the trial had a finite {objective}")
-    return float(values.max() if direction == "max" else values.min())
+        raise TrainingError(f"tune.objective: {objective} is not in {run_dir / 'history.csv'} "
+                            f"(logged: {logged})")
+    best_epoch = read_json(run_dir / MANIFEST).get("best_epoch")
+    kept = frame.loc[frame["epoch"] == best_epoch, objective].astype(float)
+    if kept.empty or not math.isfinite(kept.iloc[-1]):
+        raise TrainingError(f"no finite {objective} at the kept epoch ({best_epoch}) of {run_dir}")
+    return float(kept.iloc[-1])
 
 
 # ------------------------------------------------------------------ the KerasTuner side
@@ -194,7 +198,6 @@ def _make_tuner(cfg: Config, tune_dir: Path, echo, tuner_id: str = "local"):
     import keras_tuner
 
     t = cfg.tune
-    direction = t.resolved_direction()
     trials_dir = tune_dir / TRIALS
     trials_dir.mkdir(exist_ok=True)
 
@@ -212,6 +215,14 @@ def _make_tuner(cfg: Config, tune_dir: Path, echo, tuner_id: str = "local"):
 
             tid = trial.trial_id
             values = trial_values(t, trial.hyperparameters.values)
+            ended = trials_dir / f"trial_{tid}.json"
+            if ended.is_file() and read_json(ended)["values"] == values:
+                # it ended, but the process stopped before the oracle heard: keep its result
+                kept = read_json(ended)
+                echo(f"trial {tid}: ended before the interruption, {kept['status']}; not run again")
+                if kept["status"] != "completed":
+                    raise keras_tuner.errors.FailedTrialError(kept["reason"])
+                return {t.objective: kept["objective"]}
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
             echo(f"trial {tid}: {shown}")
             t0 = time.perf_counter()
@@ -229,7 +240,7 @@ def _make_tuner(cfg: Config, tune_dir: Path, echo, tuner_id: str = "local"):
                     finally:  # a failed run's directory too, for its run.json and history
                         runs += sorted(p for p in set(trials_dir.iterdir()) - before
                                        if p.is_dir() and p.name.endswith(name))
-                    scores.append(best_value(run_dir / "history.csv", t.objective, direction))
+                    scores.append(trial_score(run_dir, t.objective))
             except Exception as exc:
                 reason = (str(exc) if isinstance(exc, ImgclfError)
                           else f"{type(exc).__name__}: {first_line(exc)}")
@@ -249,7 +260,35 @@ def _make_tuner(cfg: Config, tune_dir: Path, echo, tuner_id: str = "local"):
                         project_name=KT_PROJECT, overwrite=False)
     if not tuner._is_worker():
         tuner.oracle.verbose = 0  # our own line per trial instead of KerasTuner's tables
+    for name in ("create_trial", "update_trial", "end_trial"):
+        setattr(tuner.oracle, name, _uninterrupted(getattr(tuner.oracle, name)))
     return tuner
+
+
+def _uninterrupted(method):
+    """KerasTuner rewrites oracle.json and trial.json as it hands out and ends trials; a Ctrl-C
+    or SIGTERM that lands mid-write would leave a search that cannot resume, so these calls
+    finish first and the interrupt follows them."""
+    import functools
+    import signal
+    import threading
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            return method(*args, **kwargs)
+        held: list[int] = []
+        signals = (signal.SIGINT, signal.SIGTERM)
+        before = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in signals}
+        try:
+            return method(*args, **kwargs)
+        finally:
+            for s, handler in before.items():
+                signal.signal(s, handler)
+            if held:
+                raise KeyboardInterrupt(f"signal {held[0]}")
+
+    return call
 
 
 def _fmt(value) -> str:
