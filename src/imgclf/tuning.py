@@ -29,6 +29,7 @@ import math
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -196,6 +197,9 @@ def _echo_filter(echo):
 
 def _make_tuner(cfg: Config, tune_dir: Path, echo, tuner_id: str = "local"):
     import keras_tuner
+    from keras_tuner.src import config as kt_config
+
+    kt_config.DEBUG = False  # else every failed trial prints a traceback; ours prints its reason
 
     t = cfg.tune
     trials_dir = tune_dir / TRIALS
@@ -213,6 +217,7 @@ def _make_tuner(cfg: Config, tune_dir: Path, echo, tuner_id: str = "local"):
 
             from imgclf.training.trainer import train
 
+            _stop_if_signalled()
             tid = trial.trial_id
             values = trial_values(t, trial.hyperparameters.values)
             ended = trials_dir / f"trial_{tid}.json"
@@ -254,6 +259,7 @@ def _make_tuner(cfg: Config, tune_dir: Path, echo, tuner_id: str = "local"):
                                        "duration_s": round(time.perf_counter() - t0, 3),
                                        "run_dirs": [p.name for p in runs]})
             echo(f"trial {tid}: {t.objective} {score:.4f}")
+            _stop_if_signalled()  # recorded first: a resumed search keeps this trial
             return {t.objective: score}
 
     tuner = ConfigTuner(oracle=_oracle(cfg), hypermodel=SearchSpace(), directory=str(tune_dir),
@@ -265,28 +271,60 @@ def _make_tuner(cfg: Config, tune_dir: Path, echo, tuner_id: str = "local"):
     return tuner
 
 
-def _uninterrupted(method):
-    """KerasTuner rewrites oracle.json and trial.json as it hands out and ends trials; a Ctrl-C
-    or SIGTERM that lands mid-write would leave a search that cannot resume, so these calls
-    finish first and the interrupt follows them."""
-    import functools
+# Ctrl-C and SIGTERM during a search. Python drops a KeyboardInterrupt raised inside a garbage
+# collector's callback ("Exception ignored in ..."), and Keras makes plenty of garbage, so a
+# signal is also remembered and acted on at the next trial boundary. While KerasTuner rewrites
+# oracle.json and trial.json the signal waits: a write cut in half would leave a search that
+# cannot resume.
+_signalled: list[int] = []
+_holding = [0]
+
+
+def _on_signal(signum, frame):
+    _signalled.append(signum)
+    if not _holding[0]:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_if_signalled() -> None:
+    import threading
+
+    # the chief's oracle also answers workers on the server's threads: they finish their call
+    if _signalled and threading.current_thread() is threading.main_thread():
+        raise KeyboardInterrupt(f"signal {_signalled[0]}")
+
+
+@contextmanager
+def _signals():
     import signal
     import threading
 
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _signalled.clear()
+    before = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _uninterrupted(method):
+    """An oracle call whose state writes a signal does not cut short (see _on_signal)."""
+    import functools
+
     @functools.wraps(method)
     def call(*args, **kwargs):
-        if threading.current_thread() is not threading.main_thread():
-            return method(*args, **kwargs)
-        held: list[int] = []
-        signals = (signal.SIGINT, signal.SIGTERM)
-        before = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in signals}
+        _stop_if_signalled()
+        _holding[0] += 1
         try:
-            return method(*args, **kwargs)
+            result = method(*args, **kwargs)
         finally:
-            for s, handler in before.items():
-                signal.signal(s, handler)
-            if held:
-                raise KeyboardInterrupt(f"signal {held[0]}")
+            _holding[0] -= 1
+        _stop_if_signalled()
+        return result
 
     return call
 
@@ -436,7 +474,8 @@ def _search(tune_dir: Path, cfg: Config, manifest: Manifest, echo) -> Path:
         done = len(records(tune_dir))
         if done:
             echo(f"resuming {tune_dir}: {done} trial(s) already ended")
-        tuner.search()
+        with _signals():
+            tuner.search()
     except KeyboardInterrupt:
         manifest.close("interrupted")
         summarize(tune_dir)
@@ -463,7 +502,8 @@ def chief(cfg: Config | None, endpoint: str, directory: str | None = None, resum
     try:
         tuner = _make_tuner(cfg, tune_dir, echo, tuner_id="chief")
         tuner.save()
-        _serve(tuner.oracle, host, port, tune_dir, echo)
+        with _signals():
+            _serve(tuner.oracle, host, port, tune_dir, echo)
     except KeyboardInterrupt:
         manifest.close("interrupted")
         summarize(tune_dir)
@@ -504,6 +544,7 @@ def _serve(oracle, host: str, port: int, tune_dir: Path, echo, poll_s: float = 0
     try:
         while True:
             time.sleep(poll_s)
+            _stop_if_signalled()
             for trial_id in oracle.end_order[ended:]:
                 trial = oracle.trials[trial_id]
                 score = f", {oracle.objective.name} {trial.score:.4f}" if trial.score is not None else ""
@@ -533,7 +574,8 @@ def worker(directory: str, name: str, endpoint: str, echo=print, wait_s: float =
         tuner = _make_tuner(cfg, tune_dir, echo, tuner_id=name)
         _pause_when_idle(tuner.oracle, wait_s)
         echo(f"worker {name}: asking {host}:{port} for trials")
-        tuner.search()
+        with _signals():
+            tuner.search()
     except KeyboardInterrupt:
         echo(f"worker {name} interrupted; its trial reruns when it rejoins with: imgclf tune --worker "
              f"{name} --chief {endpoint} --dir {tune_dir}")
