@@ -261,7 +261,7 @@ def test_hyperband_refuses_a_tuned_epoch_count():
 def test_distributed_options_are_checked():
     for args, expected in [
         (["--worker", "w1"], "--worker NAME needs --chief HOST:PORT and --dir TUNE_DIR"),
-        (["--chief", "127.0.0.1:9"], "--chief needs --config FILE and --dir TUNE_DIR"),
+        (["--chief", "127.0.0.1:9"], "--chief needs --dir TUNE_DIR"),
         (["--worker", "w1", "--chief", "localhost", "--dir", "x"], "--chief expects HOST:PORT"),
         (["--worker", "chief2", "--chief", "h:1", "--dir", "x"], "without 'chief'"),
         (["--resume", "x", "--set", "train.epochs=3"], "--resume takes only --set tune.max_trials=N"),

@@ -126,9 +126,9 @@ def tune(
 
             tune_dir = run_worker(str(directory), worker, chief, echo=typer.echo)
         elif chief is not None:
-            if resume is None and (directory is None or not config):
-                raise ImgclfError("--chief needs --config FILE and --dir TUNE_DIR (the directory its "
-                                  "workers share), or --resume TUNE_DIR")
+            if resume is None and directory is None:
+                raise ImgclfError("--chief needs --dir TUNE_DIR (the directory its workers share), or "
+                                  "--resume TUNE_DIR")
             if out is not None:
                 raise ImgclfError("--chief takes --dir TUNE_DIR, the exact directory, not --out")
             cfg = load_config(config, set_) if resume is None else None
