@@ -243,8 +243,9 @@ def _make_tuner(cfg: Config, tune_dir: Path, echo, tuner_id: str = "local"):
                         run_dir = train(trial_config(cfg, values, name, k), out=str(trials_dir),
                                         echo=_echo_filter(echo))
                     finally:  # a failed run's directory too, for its run.json and history
+                        mine = re.compile(rf"-{re.escape(name)}(-\d+)?$")  # new_run_dir's names
                         runs += sorted(p for p in set(trials_dir.iterdir()) - before
-                                       if p.is_dir() and p.name.endswith(name))
+                                       if p.is_dir() and mine.search(p.name))
                     scores.append(trial_score(run_dir, t.objective))
             except Exception as exc:
                 reason = (str(exc) if isinstance(exc, ImgclfError)
@@ -266,8 +267,9 @@ def _make_tuner(cfg: Config, tune_dir: Path, echo, tuner_id: str = "local"):
                         project_name=KT_PROJECT, overwrite=False)
     if not tuner._is_worker():
         tuner.oracle.verbose = 0  # our own line per trial instead of KerasTuner's tables
-    for name in ("create_trial", "update_trial", "end_trial"):
+    for name in ("create_trial", "update_trial"):
         setattr(tuner.oracle, name, _uninterrupted(getattr(tuner.oracle, name)))
+    tuner.on_trial_end = _uninterrupted(tuner.on_trial_end)  # the oracle's end_trial, then saves
     return tuner
 
 
@@ -290,7 +292,7 @@ def _stop_if_signalled() -> None:
     import threading
 
     # the chief's oracle also answers workers on the server's threads: they finish their call
-    if _signalled and threading.current_thread() is threading.main_thread():
+    if _signalled and not _holding[0] and threading.current_thread() is threading.main_thread():
         raise KeyboardInterrupt(f"signal {_signalled[0]}")
 
 
