@@ -92,6 +92,93 @@ def train(
         typer.echo(str(run_dir))
 
 
+@app.command()
+def tune(
+    config: list[Path] = typer.Option(
+        [], "--config", "-c", help="YAML file(s) with a tune: section, layered in order."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: section.key=value."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Parent folder for the tune directory (default: output.dir)."),
+    directory: Path | None = typer.Option(
+        None, "--dir", help="The exact tune directory (new or empty); required with --chief and "
+        "--worker, where every process names the same one.", metavar="TUNE_DIR"),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue an interrupted search in TUNE_DIR (--set tune.max_trials=N "
+        "may raise its trial count).", metavar="TUNE_DIR"),
+    chief: str | None = typer.Option(
+        None, "--chief", help="Distributed: HOST:PORT of the chief. Alone: be the chief (serve the "
+        "oracle there, run no trials); with --worker: join it.", metavar="HOST:PORT"),
+    worker: str | None = typer.Option(
+        None, "--worker", help="Distributed: run trials for the chief under this name (with --chief "
+        "and --dir; the config comes from TUNE_DIR/config.yaml).", metavar="NAME"),
+) -> None:
+    """Hyperparameter search (KerasTuner) over tune.space; the last line printed is the tune
+    directory (trials.csv, best_config.yaml, tune.png)."""
+    from imgclf.config import load_config
+
+    _terminate_like_ctrl_c()
+    with _handled():
+        more_trials = _resume_overrides(set_) if resume is not None else None
+        if resume is not None and (config or out is not None or directory is not None):
+            raise ImgclfError("--resume takes the search's own config.yaml; it cannot be combined with "
+                              "--config, --out or --dir")
+        if worker is not None:
+            if chief is None or directory is None:
+                raise ImgclfError("--worker NAME needs --chief HOST:PORT and --dir TUNE_DIR (the chief's)")
+            if config or set_ or out is not None or resume is not None:
+                raise ImgclfError("--worker reads the chief's TUNE_DIR/config.yaml; it cannot be combined "
+                                  "with --config, --set, --out or --resume")
+            import_tensorflow()
+            from imgclf.tuning import worker as run_worker
+
+            tune_dir = run_worker(str(directory), worker, chief, echo=typer.echo)
+        elif chief is not None:
+            if resume is None and directory is None:
+                raise ImgclfError("--chief needs --dir TUNE_DIR (the directory its workers share), or "
+                                  "--resume TUNE_DIR")
+            if out is not None:
+                raise ImgclfError("--chief takes --dir TUNE_DIR, the exact directory, not --out")
+            cfg = load_config(config, set_) if resume is None else None
+            import_tensorflow()
+            from imgclf.tuning import chief as run_chief
+
+            tune_dir = run_chief(cfg, chief, directory=str(directory) if directory else None,
+                                 resume_dir=str(resume) if resume else None, max_trials=more_trials,
+                                 echo=typer.echo)
+        elif resume is not None:
+            import_tensorflow()
+            from imgclf.tuning import resume as resume_search
+
+            tune_dir = resume_search(resume, max_trials=more_trials, echo=typer.echo)
+        else:
+            if out is not None and directory is not None:
+                raise ImgclfError("give --out (a parent folder) or --dir (the exact directory), not both")
+            cfg = load_config(config, set_)
+            import_tensorflow()
+            from imgclf.tuning import tune as run_tune
+
+            tune_dir = run_tune(cfg, out=str(out) if out else None,
+                                directory=str(directory) if directory else None, echo=typer.echo)
+    typer.echo(str(tune_dir))
+
+
+def _resume_overrides(items: list[str]) -> int | None:
+    """--resume takes one override, tune.max_trials (more trials for a search)."""
+    from imgclf.config import TuneConfig, parse_override
+    from imgclf.errors import ConfigError
+
+    max_trials = None
+    for item in items:
+        parts, value = parse_override(item)
+        if parts != ["tune", "max_trials"]:
+            raise ConfigError(f"--resume takes only --set tune.max_trials=N. Received: --set {item}")
+        try:
+            max_trials = TuneConfig(max_trials=value).max_trials
+        except ValueError:
+            raise ConfigError(f"tune.max_trials must be a whole number > 0. Received: --set {item}") from None
+    return max_trials
+
+
 @app.command("lr-find")
 def lr_find(
     config: list[Path] = typer.Option([], "--config", "-c", help="YAML file(s), layered in order."),

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -387,6 +388,113 @@ class OutputConfig(Section):
     name: str | None = None
 
 
+# --------------------------------------------------------------------------- tune
+SPACE_KINDS = ("choice", "int", "float")
+
+
+class SpaceSpec(Section):
+    """One tuned key: ``{choice: [..]}``, ``{int: [lo, hi], step: k, log: bool}`` or
+    ``{float: [lo, hi], step: x, log: bool}`` (the bounds are both included)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, serialize_by_alias=True)
+
+    choice: list[Any] | None = None
+    int_: list[Int] | None = Field(None, alias="int")
+    float_: list[Float] | None = Field(None, alias="float")
+    step: Annotated[Int | Float, Field(gt=0)] | None = None
+    log: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, raw):
+        if not isinstance(raw, dict):
+            raise ValueError(f"expected {{choice: [..]}}, {{int: [lo, hi]}} or {{float: [lo, hi]}}, "
+                             f"got {raw!r}")
+        for key in raw:
+            if key not in (*SPACE_KINDS, "step", "log"):
+                raise ValueError(f"unknown key {key!r}{_suggest(str(key), [*SPACE_KINDS, 'step', 'log'])} "
+                                 f"(known: choice, int, float, step, log)")
+        kinds = [k for k in SPACE_KINDS if raw.get(k) is not None]
+        if len(kinds) != 1:
+            given = f" (got {' and '.join(kinds)})" if kinds else ""
+            raise ValueError(f"give exactly one of choice, int, float{given}")
+        return raw
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if self.choice is not None:
+            if not self.choice:
+                raise ValueError("choice needs at least one value, got []")
+            if self.step is not None or self.log:
+                raise ValueError("step and log apply to int and float ranges, not to choice")
+            texts = [repr(v) for v in self.choice]
+            if len(set(texts)) != len(texts):
+                raise ValueError(f"choice lists a value twice: {self.choice}")
+            return self
+        kind, bounds = ("int", self.int_) if self.int_ is not None else ("float", self.float_)
+        if len(bounds) != 2 or not bounds[0] < bounds[1]:
+            raise ValueError(f"{kind} must be [low, high] with low < high, got {bounds}")
+        if self.log and bounds[0] <= 0:
+            raise ValueError(f"log sampling needs low > 0, got {kind}: {bounds}")
+        if kind == "int" and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"an int range takes a whole step, got step: {self.step}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _set_keys_only(self, handler):
+        # {float: [lo, hi], log: true}, as written: not every key with its null
+        return {k: v for k, v in handler(self).items() if v is not None and not (k == "log" and not v)}
+
+    @property
+    def kind(self) -> str:
+        return "choice" if self.choice is not None else "int" if self.int_ is not None else "float"
+
+    def candidates(self) -> list:
+        """The values a config must accept: every choice, or both ends of a range."""
+        if self.choice is not None:
+            return list(self.choice)
+        lo, hi = self.int_ if self.int_ is not None else self.float_
+        return [lo, hi]
+
+
+class TuneConfig(Section):
+    algorithm: Literal["random", "bayesian", "hyperband"] = "random"
+    max_trials: PositiveInt = 10
+    executions_per_trial: PositiveInt = 1
+    objective: str = "val_accuracy"
+    direction: Literal["auto", "min", "max"] = "auto"
+    hyperband_factor: Int = Field(3, ge=2)
+    space: dict[str, SpaceSpec] = Field(default_factory=dict)
+
+    @field_validator("space")
+    @classmethod
+    def _known_config_keys(cls, space):
+        keys = valid_keys()
+        sections = {k for k in keys if any(o.startswith(k + ".") for o in keys)}
+        for key in space:
+            if key not in keys:
+                raise ValueError(f"unknown key {key}{_suggest(key, keys)}")
+            if key in sections:
+                raise ValueError(f"{key} is a section; tune one of its keys, e.g. {key}."
+                                 f"{next(k for k in keys if k.startswith(key + '.')).rsplit('.', 1)[-1]}")
+            if key.split(".")[0] in ("tune", "output"):
+                raise ValueError(f"{key} cannot be tuned (the search sets the tune and output sections)")
+        return space
+
+    @model_validator(mode="after")
+    def _hyperband_owns_epochs(self):
+        if self.algorithm == "hyperband" and "train.epochs" in self.space:
+            raise ValueError("hyperband sets train.epochs itself (its budget is train.epochs); "
+                             "remove train.epochs from tune.space")
+        return self
+
+    def resolved_direction(self) -> str:
+        """max for accuracy-like objectives, min otherwise (losses), unless direction says."""
+        if self.direction != "auto":
+            return self.direction
+        return "max" if "acc" in self.objective else "min"
+
+
 class Config(Section):
     seed: Int = Field(42, ge=0, lt=2**32)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -395,6 +503,7 @@ class Config(Section):
     augment: list[AugmentStep] = Field(default_factory=list)
     augment_on: Literal["model", "pipeline"] = "model"
     output: OutputConfig = Field(default_factory=OutputConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)  # read by `imgclf tune` alone
 
 
 # ------------------------------------------------------------------ key discovery
@@ -555,6 +664,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     out = dict(raw)
     for item in overrides:
         parts, value = parse_override(item)
+        if parts[:2] == ["tune", "space"] and len(parts) > 2:
+            parts = [*parts[:2], ".".join(parts[2:])]  # a space key is a dotted config key
         node = out
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -585,7 +696,60 @@ def load_config(path: str | Path | list | tuple | None = None, overrides: list[s
         _validate(raw, origin)
         raw = apply_overrides(_deep_merge({}, raw), overrides)
         origin = "--set"
-    return _validate(raw, origin)
+    cfg = _validate(raw, origin)
+    check_space(cfg, origin)
+    return cfg
+
+
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with dotted ``key: value`` pairs set (tuned values), validated whole."""
+    raw = to_dict(cfg)
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"{', '.join(f'{k}={v!r}' for k, v in values.items())}: {_describe(err)}") from None
+
+
+def get_key(cfg: Config, key: str) -> Any:
+    """The value of a dotted key (``train.optimizer.lr``)."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def check_space(cfg: Config, origin: str = "config") -> None:
+    """Every value a tune.space entry can give (each choice, both ends of a range) must make
+    a valid config on its own, so a typo in a choice fails now, not in trial 7. Choices take
+    the key's own type (``1.0e6``, a string to YAML, becomes the float the key holds)."""
+    for key, spec in cfg.tune.space.items():
+        typed = []
+        for value in spec.candidates():
+            try:
+                typed.append(get_key(with_values(cfg, {key: value}), key))
+            except ConfigError as exc:
+                reason = str(exc).split(": ", 1)[1]
+                if reason.startswith(f"{key}: "):
+                    reason = reason[len(key) + 2:]
+                raise ConfigError(f"{origin}: tune.space.{key}: {spec.kind} value {value!r} does not fit: "
+                                  f"{reason}") from None
+        if spec.kind == "choice":
+            typed = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in typed]
+            try:
+                cfg.tune.space[key] = SpaceSpec.model_validate({"choice": typed})
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+                raise ConfigError(f"{origin}: tune.space.{key}: {reason}") from None
+        elif spec.kind == "float" and all(isinstance(v, int) and not isinstance(v, bool) for v in typed):
+            whole = [int(x) if float(x).is_integer() else x for x in spec.float_]
+            raise ConfigError(f"{origin}: tune.space.{key}: {key} takes whole numbers; use {{int: {whole}}}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -95,10 +95,11 @@ def versions() -> dict:
 
 
 class Manifest:
-    """run.json: status (running, finished, failed, interrupted), versions, timings."""
+    """run.json: status (running, finished, failed, interrupted), versions, timings.
+    ``filename`` names another manifest (a tune directory's tune.json)."""
 
-    def __init__(self, run_dir: Path, command: str):
-        self.path = Path(run_dir) / MANIFEST
+    def __init__(self, run_dir: Path, command: str, filename: str = MANIFEST):
+        self.path = Path(run_dir) / filename
         self._t0 = time.time()
         self.data = {
             "status": "running",
@@ -111,10 +112,10 @@ class Manifest:
         self.save()
 
     @classmethod
-    def reopen(cls, run_dir: Path) -> Manifest:
+    def reopen(cls, run_dir: Path, filename: str = MANIFEST) -> Manifest:
         """The manifest of an unfinished run that is being resumed: status back to running."""
         self = cls.__new__(cls)
-        self.path = Path(run_dir) / MANIFEST
+        self.path = Path(run_dir) / filename
         self.data = json.loads(self.path.read_text(encoding="utf-8"))
         # the clock restarts; duration_s adds up the sessions
         self._t0 = time.time() - float(self.data.get("duration_s") or 0.0)

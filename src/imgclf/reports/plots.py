@@ -132,3 +132,61 @@ def plot_val_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_trials(trials: pd.DataFrame, keys: list[str], objective: str, direction: str, path: Path,
+                log_keys=(), title: str = "") -> None:
+    """A sweep at a glance: the objective of each trial in order (the best starred, failed
+    trials as red crosses along the bottom), then one panel per tuned key (a column of
+    ``trials``) with the objective against the key's value, on a log axis for ``log_keys``."""
+    done = trials[trials["status"] == "completed"]
+    failed = trials[trials["status"] != "completed"]
+    n = 1 + len(keys)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    values = done[objective].astype(float)
+    low = values.min() if len(values) else 0.0
+    best = None
+    if len(values):
+        best = values.idxmax() if direction == "max" else values.idxmin()
+    order = list(range(len(trials)))
+    position = dict(zip(trials.index, order))
+    ax = axes.flat[0]
+    ax.plot([position[i] for i in done.index], values, "o", color="tab:blue", label="completed")
+    if len(failed):
+        ax.plot([position[i] for i in failed.index], [low] * len(failed), "x", color="tab:red", ms=8,
+                label="failed")
+    if best is not None:
+        ax.plot([position[best]], [values[best]], "*", color="gold", mec="black", ms=14,
+                label=f"best (trial {trials.loc[best, 'trial']})")
+    ax.set_xticks(order, [str(t) for t in trials["trial"]], rotation=90 if len(order) > 12 else 0)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(objective)
+    ax.set_title(f"{objective} per trial ({direction})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    for ax, key in zip(axes.flat[1:], keys):
+        column = done[key]
+        numeric = pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+        if numeric:
+            ax.plot(column.astype(float), values, "o", color="tab:blue")
+            if key in log_keys:
+                ax.set_xscale("log")
+        else:
+            labels = sorted({str(v) for v in trials[key]})
+            ax.plot([labels.index(str(v)) for v in column], values, "o", color="tab:blue")
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0, fontsize=8)
+        if best is not None:
+            x = done.loc[best, key]
+            ax.plot([float(x) if numeric else labels.index(str(x))], [values[best]], "*", color="gold",
+                    mec="black", ms=14)
+        ax.set_xlabel(key)
+        ax.set_ylabel(objective)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
