@@ -42,7 +42,8 @@ def write_pngs(folder: Path, images) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", action="append", help="config file(s), layered (default: fashion_mnist.yaml)")
+    ap.add_argument("-c", "--config", action="append",
+                    help="config file(s), layered (default: fashion_mnist.yaml)")
     ap.add_argument("--epochs", type=int, default=2)
     args = ap.parse_args(argv)
     config = args.config or [str(FMNIST_CONFIG)]

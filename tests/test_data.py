@@ -246,3 +246,20 @@ def test_corrupt_idx_file(idx_dir):
     target.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + b"\x00" * 50)[:-12] + b"garbage!")
     with pytest.raises(DataError, match="IDX"):
         load_data(DataConfig(source="idx", path=str(idx_dir)), seed=0)
+
+
+def test_shrinking_averages_and_growing_interpolates():
+    """Folder images shrunk more than 2x are area-averaged (1-pixel stripes become their mean
+    grey, not a moire of black and white); grown ones are interpolated."""
+    import tensorflow as tf
+
+    from imgclf.data.pipeline import resize_image
+
+    stripes = np.zeros((32, 32, 3), np.float32)
+    stripes[:, ::2] = 255.0
+    small = resize_image(tf.constant(stripes), (8, 8)).numpy()
+    np.testing.assert_allclose(small, 127.5, atol=1e-3)
+    ramp = np.tile(np.linspace(0, 255, 4, dtype=np.float32)[None, :, None], (4, 1, 3))
+    big = resize_image(tf.constant(ramp), (8, 8)).numpy()
+    assert big.shape == (8, 8, 3)
+    assert np.all(np.diff(big[0, :, 0]) >= 0) and len(np.unique(big[0, :, 0].round(3))) > 4  # smooth ramp
