@@ -161,8 +161,8 @@ def test_a_search_resumes_only_in_the_mode_it_ran_in(tmp_path):
     chief = _hand_made_sweep(tmp_path / "chief", {"status": "interrupted", "mode": "chief"})
     result = tune("--resume", str(chief))
     assert result.exit_code == 2
-    assert f"this search ran with a chief (--chief); resume it the same way: imgclf tune --resume {chief} " \
-           f"--chief HOST:PORT" in result.output
+    assert (f"this search ran with a chief (--chief); resume it the same way: imgclf tune --resume "
+            f"{chief} --chief HOST:PORT") in result.output
     # a directory from before tune.json recorded the mode: KerasTuner's tuner file tells
     older = _hand_made_sweep(tmp_path / "older", {"status": "interrupted"})
     (older / "keras_tuner").mkdir()
