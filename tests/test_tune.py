@@ -61,6 +61,8 @@ def run_dirs(tune_dir: Path) -> list[Path]:
          "tune.space.model.dropout: float value 1.5 does not fit: Input should be less than 1"),
         ("tune.space.train.optimizer.lr={float: [0, 0.1], log: true}",
          "tune.space.train.optimizer.lr: log sampling needs low > 0"),
+        ("tune.space.train.optimizer.lr={float: [1.0e-4, 1.0e-2], step: 0.5, log: true}",
+         "tune.space.train.optimizer.lr: with log: true, step is the factor between values and must be > 1"),
         ("tune.space.model.activation={choice: [relu, rleu]}",
          "tune.space.model.activation: choice value 'rleu' does not fit"),
         ("tune.space.data.batch_size={float: [8, 64]}",
@@ -103,6 +105,72 @@ def test_space_keys_are_typed_like_their_config_keys():
     assert load_config(None, []).tune.space == {}
 
 
+def test_a_stepped_float_range_tries_exactly_its_steps_both_ends_included():
+    import keras_tuner
+
+    from imgclf.tuning import declare, trial_values
+
+    # the README's and configs/tune.yaml's model.dropout: {float: [0.0, 0.5], step: 0.1}
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tune.yaml",
+                      ["tune.space.train.optimizer.lr={float: [1.0e-4, 1.0e-1], step: 10, log: true}"])
+    hp = keras_tuner.HyperParameters()
+    declare(hp, cfg.tune.space)
+    declared = {p.name: p for p in hp.space}
+
+    def tried(key):  # every value KerasTuner can draw, as the trial's config gets it
+        return {trial_values(cfg.tune, {**hp.values, key: v})[key] for v in declared[key].values}
+
+    assert tried("model.dropout") == {0.0, 0.1, 0.2, 0.3, 0.4, 0.5}
+    assert tried("train.optimizer.lr") == {1e-4, 1e-3, 1e-2, 1e-1}
+
+
+def _hand_made_sweep(tune_dir: Path, state: dict, *overrides: str) -> Path:
+    """A tune directory as a search leaves it, without running one."""
+    from imgclf.config import dump_yaml
+
+    tune_dir.mkdir()
+    (tune_dir / "config.yaml").write_text(dump_yaml(load_config(None, [*FAST, LR_SPACE, *overrides])))
+    (tune_dir / "tune.json").write_text(json.dumps({"trials": 2, **state}))
+    return tune_dir
+
+
+def test_multi_worker_trials_are_refused_before_anything_changes(tmp_path):
+    for override in ("train.strategy=multi_worker",
+                     "tune.space.train.strategy={choice: [auto, multi_worker]}"):
+        result = tune(*set_args(LR_SPACE, override), "--out", str(tmp_path / "new"))
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert "train.strategy: multi_worker cannot run as a trial" in result.output
+    assert not (tmp_path / "new").exists()
+    # --resume checks the config before tune.json goes back to running or config.yaml changes
+    sweep = _hand_made_sweep(tmp_path / "sweep", {"status": "interrupted", "mode": "local"},
+                             "train.strategy=multi_worker")
+    before = {p.name: p.read_text() for p in sweep.iterdir()}
+    result = tune("--resume", str(sweep), "--set", "tune.max_trials=5")
+    assert result.exit_code == 2 and "multi_worker cannot run as a trial" in result.output
+    assert {p.name: p.read_text() for p in sweep.iterdir()} == before
+
+
+def test_a_search_resumes_only_in_the_mode_it_ran_in(tmp_path):
+    local = _hand_made_sweep(tmp_path / "local", {"status": "interrupted", "mode": "local"})
+    before = (local / "tune.json").read_text()
+    result = tune("--resume", str(local), "--chief", f"127.0.0.1:{_free_port()}")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert (f"--resume {local}: this search ran in one process (no --chief); resume it the same way: "
+            f"imgclf tune --resume {local}") in result.output
+    assert (local / "tune.json").read_text() == before
+    chief = _hand_made_sweep(tmp_path / "chief", {"status": "interrupted", "mode": "chief"})
+    result = tune("--resume", str(chief))
+    assert result.exit_code == 2
+    assert (f"this search ran with a chief (--chief); resume it the same way: imgclf tune --resume "
+            f"{chief} --chief HOST:PORT") in result.output
+    # a directory from before tune.json recorded the mode: KerasTuner's tuner file tells
+    older = _hand_made_sweep(tmp_path / "older", {"status": "interrupted"})
+    (older / "keras_tuner").mkdir()
+    (older / "keras_tuner" / "chief.json").write_text("{}")
+    result = tune("--resume", str(older))
+    assert result.exit_code == 2 and "this search ran with a chief" in result.output
+
+
 def test_train_ignores_a_tune_section(tmp_path):
     result = runner.invoke(app, ["train", *set_args(LR_SPACE), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -122,14 +190,16 @@ def test_random_search_writes_a_row_per_trial_and_a_best_config_train_takes(tmp_
                 "duration_s"):
         assert key in trials
     assert trials["train.optimizer.lr"].between(1e-3, 3e-2).all()
-    assert set(trials["model.dropout"].round(6)) <= {0.0, 0.2, 0.4}
-    # each trial is a normal run whose config holds the trial's values
+    # each trial is a normal run whose config holds the trial's values, stepped ones exactly
+    # (not 0.30000000000000004, and not the default dropout 0.3)
     for _, row in trials.iterrows():
         run = Path(row["run_dir"])
         assert json.loads((run / "run.json").read_text())["status"] == "finished"
         run_cfg = load_config(run / "config.yaml")
         assert run_cfg.train.optimizer.lr == pytest.approx(row["train.optimizer.lr"])
         assert run_cfg.data.batch_size == row["data.batch_size"]
+        assert run_cfg.model.dropout in {0.0, 0.2, 0.4}
+        assert records(tune_dir)[str(row["trial"])]["values"]["model.dropout"] == run_cfg.model.dropout
         assert run_cfg.tune.space == {}  # a trial's config is a plain training config
     assert len(run_dirs(tune_dir)) == 4
     assert (tune_dir / "tune.png").stat().st_size > 0
@@ -265,6 +335,8 @@ def test_distributed_options_are_checked():
         (["--chief", "127.0.0.1:9"], "--chief needs --dir TUNE_DIR"),
         (["--worker", "w1", "--chief", "localhost", "--dir", "x"], "--chief expects HOST:PORT"),
         (["--worker", "chief2", "--chief", "h:1", "--dir", "x"], "without 'chief'"),
+        (["--worker", "oracle", "--chief", "h:1", "--dir", "x"], "--worker: oracle is taken"),
+        (["--worker", "tuner0", "--chief", "h:1", "--dir", "x"], "--worker: tuner0 is taken"),
         (["--resume", "x", "--set", "train.epochs=3"], "--resume takes only --set tune.max_trials=N"),
     ]:
         result = tune(*args)
@@ -275,6 +347,76 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_the_chiefs_hint_names_an_address_workers_can_dial():
+    from imgclf.tuning import _dial_address, parse_endpoint
+
+    assert _dial_address("0.0.0.0", 8000) == f"{socket.getfqdn()}:8000"  # not the bind-all address
+    assert _dial_address(*parse_endpoint("[::]:8000")) == f"{socket.getfqdn()}:8000"
+    assert _dial_address(*parse_endpoint("[::1]:8000")) == "[::1]:8000"
+    assert _dial_address("10.1.2.3", 8000) == "10.1.2.3:8000"
+
+
+def test_a_busy_chief_port_is_refused_before_the_directory_is_made(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        endpoint = f"127.0.0.1:{busy.getsockname()[1]}"
+        result = tune(*set_args(LR_SPACE), "--dir", str(tmp_path / "sweep"), "--chief", endpoint)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"--chief {endpoint}: cannot listen there" in result.output
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_worker_stops_with_one_line_on_a_finished_search(tmp_path):
+    sweep = _hand_made_sweep(tmp_path / "sweep", {"status": "finished", "mode": "chief"})
+    result = tune("--worker", "w1", "--chief", f"127.0.0.1:{_free_port()}", "--dir", str(sweep))
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"worker w1: the search in {sweep} has finished; nothing to run" in result.output
+    assert not (sweep / "keras_tuner").exists()  # it never joined
+
+
+def test_a_worker_without_a_chief_stops_with_one_line(tmp_path, monkeypatch):
+    from keras_tuner.src.distribute import oracle_client
+
+    monkeypatch.setattr(oracle_client, "TIMEOUT", 1)  # KerasTuner's client waits an hour for a chief
+    sweep = _hand_made_sweep(tmp_path / "sweep", {"status": "running", "mode": "chief"})
+    endpoint = f"127.0.0.1:{_free_port()}"
+    result = tune("--worker", "w1", "--chief", endpoint, "--dir", str(sweep))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (f"imgclf: error: worker w1: no chief at {endpoint} "
+                                                      f"(DEADLINE_EXCEEDED)")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_worker_waiting_for_its_chief(tmp_path):
+    import threading
+
+    sweep = _hand_made_sweep(tmp_path / "sweep", {"status": "running", "mode": "chief"})
+    proc = subprocess.Popen(_cli("tune", "--worker", "w1", "--chief", f"127.0.0.1:{_free_port()}",
+                                 "--dir", str(sweep)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    lines: list[str] = []
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 300  # a guard against hanging, not a speed target
+        while not any("asking" in line for line in lines) and proc.poll() is None:
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.2)
+        time.sleep(1.0)  # now inside KerasTuner's call that waits (up to an hour) for the chief
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, "".join(lines)[-3000:]
+    assert "worker w1 interrupted" in "".join(lines)
 
 
 @pytest.mark.slow
@@ -306,8 +448,15 @@ def test_a_chief_and_two_workers_run_each_trial_once_and_all_exit(tmp_path):
         assert outputs[name][0].strip().splitlines()[-1] == str(tune_dir)
     found = records(tune_dir)
     assert sorted(found, key=int) == ["0", "1", "2"]
-    assert {r["worker"] for r in found.values()} <= {"w1", "w2"}
-    assert len(run_dirs(tune_dir)) == 3  # each trial ran once
+    # each trial ran exactly once, on the worker its record names: one start line among both
+    # workers' outputs and one run directory. (Which worker gets which trial is a race: one that
+    # starts faster may take all three, so the test does not require both to have run one.)
+    started = [(name, line.split(":")[0].split()[1]) for name in ("w1", "w2")
+               for line in outputs[name][0].splitlines() if line.startswith("trial ") and "lr=" in line]
+    assert sorted(trial for _, trial in started) == ["0", "1", "2"], started
+    assert all(found[trial]["worker"] == name for name, trial in started)
+    recorded = sorted(d for r in found.values() for d in r["run_dirs"])
+    assert recorded == sorted(p.name for p in run_dirs(tune_dir)) and len(recorded) == 3
     trials = pd.read_csv(tune_dir / "trials.csv")
     assert len(trials) == 3 and set(trials["status"]) == {"completed"}
     assert (tune_dir / "best_config.yaml").is_file()

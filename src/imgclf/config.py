@@ -436,6 +436,9 @@ class SpaceSpec(Section):
             raise ValueError(f"{kind} must be [low, high] with low < high, got {bounds}")
         if self.log and bounds[0] <= 0:
             raise ValueError(f"log sampling needs low > 0, got {kind}: {bounds}")
+        if self.log and self.step is not None and self.step <= 1:
+            raise ValueError(f"with log: true, step is the factor between values and must be > 1, "
+                             f"got step: {self.step}")
         if kind == "int" and self.step is not None and self.step != int(self.step):
             raise ValueError(f"an int range takes a whole step, got step: {self.step}")
         return self

@@ -9,7 +9,7 @@ is that of its model.keras. A trial that fails (a diverged loss, any
 error) is recorded as failed with its reason and the search goes on.
 
     TUNE_DIR/config.yaml        the resolved config, tune section included
-    TUNE_DIR/tune.json          manifest: status, algorithm, objective, best trial
+    TUNE_DIR/tune.json          manifest: status, mode (local or chief), algorithm, objective, best trial
     TUNE_DIR/keras_tuner/       KerasTuner's oracle and trial state (what --resume reloads)
     TUNE_DIR/trials/            one run directory per trial execution, and trial_<id>.json
     TUNE_DIR/trials.csv         one row per ended trial
@@ -30,6 +30,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +47,10 @@ HYPERBAND_EPOCHS = "tuner/epochs"
 # records each failure and goes on, so a run of bad values cannot end a sweep early
 NEVER = 10**9
 ROLE_ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+# a worker's tuner state is keras_tuner/<name>.json: these are the oracle's file and the tuner
+# file of a search run in one process
+TAKEN_NAMES = ("oracle", "tuner0")
+MODES = {"local": "in one process (no --chief)", "chief": "with a chief (--chief)"}
 
 
 # ------------------------------------------------------------------ checks and names
@@ -62,7 +67,39 @@ def check_worker_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or "chief" in name:
         raise ConfigError(f"--worker needs a name of letters, digits, _ . - without 'chief'. "
                           f"Received: --worker {name}")
+    if name in TAKEN_NAMES:
+        raise ConfigError(f"--worker: {name} is taken (a worker writes keras_tuner/NAME.json, and "
+                          f"{' and '.join(n + '.json' for n in TAKEN_NAMES)} are KerasTuner's own files); "
+                          f"pick another name. Received: --worker {name}")
     return name
+
+
+def _address(host: str, port: int) -> str:
+    """HOST:PORT, an IPv6 host in brackets ([::1]:8000), as gRPC takes it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _dial_address(host: str, port: int) -> str:
+    """The address workers dial: this machine's name when the chief listens on every address."""
+    import socket
+
+    return _address(socket.getfqdn() if host in ("0.0.0.0", "::", "") else host, port)
+
+
+def _probe_port(host: str, port: int) -> None:
+    """A port that cannot be listened on (another process holds it) is found before the tune
+    directory is filled; gRPC would only say so once the chief starts serving."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds
+            probe.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"--chief {_address(host, port)}: cannot listen there: {reason}") from None
 
 
 def _check(cfg: Config):
@@ -81,6 +118,17 @@ def _check(cfg: Config):
         hint = f" (did you mean {near[0]}?)" if near else ""
         raise ConfigError(f"tune.objective: unknown metric {t.objective!r}{hint} (known: "
                           f"{', '.join(MONITORS)})")
+    strategy = t.space.get("train.strategy")
+    if cfg.train.strategy == "multi_worker" or (strategy and "multi_worker" in (strategy.choice or [])):
+        raise ConfigError("train.strategy: multi_worker cannot run as a trial (a trial is one process; "
+                          "spread trials over machines with --chief and --worker). Received: "
+                          "train.strategy=multi_worker")
+    import keras_tuner
+
+    try:  # what KerasTuner refuses, said now rather than after the tune directory exists
+        declare(keras_tuner.HyperParameters(), t.space)
+    except ValueError as exc:
+        raise ConfigError(f"tune.space: {first_line(exc)}") from None
     prep = prepare(cfg)
     if t.objective.startswith("val_") and "val" not in prep.bundle.splits:
         raise ConfigError(f"tune.objective: {t.objective} needs a validation split, and this data has "
@@ -94,7 +142,8 @@ def _set_role(tuner_id: str | None, host: str | None = None, port: int | None = 
     for key in ROLE_ENV:
         os.environ.pop(key, None)
     if tuner_id is not None:
-        os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host,
+        ip = f"[{host}]" if ":" in host else host  # the worker's client dials f"{ip}:{port}"
+        os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=ip,
                           KERASTUNER_ORACLE_PORT=str(port))
 
 
@@ -120,8 +169,24 @@ def declare(hp, space: dict) -> None:
             step = int(spec.step) if spec.step is not None else None
             hp.Int(key, spec.int_[0], spec.int_[1], step=step, sampling="log" if spec.log else "linear")
         else:
-            hp.Float(key, spec.float_[0], spec.float_[1], step=spec.step,
-                     sampling="log" if spec.log else "linear")
+            low, high = spec.float_
+            if spec.step is not None and not spec.log:
+                # KerasTuner counts (high - low) // step + 1 values, and 0.5 // 0.1 is 4.0: a hair
+                # above high keeps high among them (log steps have their own tolerance)
+                high += spec.step * 1e-9
+            hp.Float(key, low, high, step=spec.step, sampling="log" if spec.log else "linear")
+
+
+def _decimals(number) -> int:
+    """Digits after the point of a number as written: 0.1 -> 1, 0.25 -> 2, 1e-05 -> 5, 50 -> 0."""
+    return max(0, -Decimal(repr(float(number))).normalize().as_tuple().exponent)
+
+
+def _on_step(spec, value: float) -> float:
+    """A stepped float as the step writes it: KerasTuner's low + 3 * 0.1 is 0.30000000000000004."""
+    if spec.log:  # low * step ** i: rounded to 12 significant digits
+        return float(f"{value:.12g}")
+    return round(value, max(_decimals(spec.step), _decimals(spec.float_[0])))
 
 
 def trial_values(t: TuneConfig, hp_values: dict) -> dict:
@@ -131,6 +196,8 @@ def trial_values(t: TuneConfig, hp_values: dict) -> dict:
         value = hp_values[key]
         if spec.kind == "choice" and _choice_values(spec.choice)[1]:
             value = json.loads(value)
+        elif spec.kind == "float" and spec.step is not None:
+            value = _on_step(spec, value)
         out[key] = value
     if HYPERBAND_EPOCHS in hp_values:
         out["train.epochs"] = int(hp_values[HYPERBAND_EPOCHS])
@@ -265,8 +332,12 @@ def _make_tuner(cfg: Config, tune_dir: Path, echo, tuner_id: str = "local"):
 
     tuner = ConfigTuner(oracle=_oracle(cfg), hypermodel=SearchSpace(), directory=str(tune_dir),
                         project_name=KT_PROJECT, overwrite=False)
-    if not tuner._is_worker():
-        tuner.oracle.verbose = 0  # our own line per trial instead of KerasTuner's tables
+    if tuner._is_worker():
+        # a worker's oracle is a gRPC client whose calls wait for the chief: Ctrl-C must cut
+        # them short, so only the worker's own state file is written whole
+        tuner.save = _uninterrupted(tuner.save)
+        return tuner
+    tuner.oracle.verbose = 0  # our own line per trial instead of KerasTuner's tables
     for name in ("create_trial", "update_trial"):
         setattr(tuner.oracle, name, _uninterrupted(getattr(tuner.oracle, name)))
     tuner.on_trial_end = _uninterrupted(tuner.on_trial_end)  # the oracle's end_trial, then saves
@@ -415,7 +486,8 @@ def _finish(tune_dir: Path, manifest: Manifest, echo) -> Path:
 
 
 # ------------------------------------------------------------------ directories
-def _start_dir(cfg: Config, out: str | None, directory: str | None) -> tuple[Path, Manifest]:
+def _start_dir(cfg: Config, out: str | None, directory: str | None,
+               mode: str = "local") -> tuple[Path, Manifest]:
     if directory is not None:
         tune_dir = Path(directory)
         if tune_dir.exists() and (not tune_dir.is_dir() or any(tune_dir.iterdir())):
@@ -432,11 +504,22 @@ def _start_dir(cfg: Config, out: str | None, directory: str | None) -> tuple[Pat
     manifest = Manifest(tune_dir, "tune", filename=TUNE_MANIFEST)
     t = cfg.tune
     manifest.update(algorithm=t.algorithm, objective=t.objective, direction=t.resolved_direction(),
-                    max_trials=t.max_trials, space=list(t.space))
+                    max_trials=t.max_trials, space=list(t.space), mode=mode)
     return tune_dir, manifest
 
 
-def _reopen(tune_dir: str | Path, max_trials: int | None) -> tuple[Path, Config, Manifest]:
+def _mode_of(tune_dir: Path, state: dict) -> str | None:
+    """How a search ran: tune.json says; before it did, KerasTuner's tuner file tells."""
+    if state.get("mode") in MODES:
+        return state["mode"]
+    kt = tune_dir / KT_PROJECT
+    return "chief" if (kt / "chief.json").is_file() else "local" if (kt / "tuner0.json").is_file() else None
+
+
+def _reopen(tune_dir: str | Path, max_trials: int | None, mode: str,
+            ready=None) -> tuple[Path, Config, Manifest]:
+    """A search to resume, checked (its config, its mode, then ``ready()``: the chief's port)
+    before tune.json goes back to running and config.yaml takes the new max_trials."""
     tune_dir = Path(tune_dir)
     if not (tune_dir / "config.yaml").is_file() or not (tune_dir / TUNE_MANIFEST).is_file():
         raise ConfigError(f"--resume {tune_dir}: not an imgclf tune directory (no config.yaml / "
@@ -447,10 +530,19 @@ def _reopen(tune_dir: str | Path, max_trials: int | None) -> tuple[Path, Config,
     if state.get("status") == "finished" and max_trials is None:
         raise ConfigError(f"--resume {tune_dir}: this search already finished ({state.get('trials')} "
                           f"trials); to run more trials, add --set tune.max_trials=N")
+    ran = _mode_of(tune_dir, state)
+    if ran is not None and ran != mode:
+        # KerasTuner reloads keras_tuner/<tuner id>.json alone: the other mode would start afresh
+        again = f"imgclf tune --resume {tune_dir}" + (" --chief HOST:PORT" if ran == "chief" else "")
+        raise ConfigError(f"--resume {tune_dir}: this search ran {MODES[ran]}; resume it the same way: "
+                          f"{again}")
+    _check(cfg)
+    if ready is not None:
+        ready()
     if max_trials is not None:
         write_text(tune_dir / "config.yaml", dump_yaml(cfg))
     manifest = Manifest.reopen(tune_dir, TUNE_MANIFEST)
-    manifest.update(max_trials=cfg.tune.max_trials)
+    manifest.update(max_trials=cfg.tune.max_trials, mode=mode)
     return tune_dir, cfg, manifest
 
 
@@ -464,8 +556,7 @@ def tune(cfg: Config, out: str | None = None, directory: str | None = None, echo
 
 def resume(tune_dir: str | Path, max_trials: int | None = None, echo=print) -> Path:
     """Continue an interrupted search: finished trials are kept, an interrupted one reruns."""
-    tune_dir, cfg, manifest = _reopen(tune_dir, max_trials)
-    _check(cfg)
+    tune_dir, cfg, manifest = _reopen(tune_dir, max_trials, "local")
     return _search(tune_dir, cfg, manifest, echo)
 
 
@@ -495,11 +586,12 @@ def chief(cfg: Config | None, endpoint: str, directory: str | None = None, resum
     """Serve the oracle to workers until every trial has ended; runs no trial itself."""
     host, port = parse_endpoint(endpoint)
     if resume_dir is not None:
-        tune_dir, cfg, manifest = _reopen(resume_dir, max_trials)
-        _check(cfg)
+        tune_dir, cfg, manifest = _reopen(resume_dir, max_trials, "chief",
+                                          ready=lambda: _probe_port(host, port))
     else:
         _check(cfg)
-        tune_dir, manifest = _start_dir(cfg, None, directory)
+        _probe_port(host, port)
+        tune_dir, manifest = _start_dir(cfg, None, directory, mode="chief")
     _set_role("chief", host, port)
     try:
         tuner = _make_tuner(cfg, tune_dir, echo, tuner_id="chief")
@@ -534,14 +626,14 @@ def _serve(oracle, host: str, port: int, tune_dir: Path, echo, poll_s: float = 0
     servicer = OracleServicer(oracle)
     protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        bound = server.add_insecure_port(_address(host, port))
     except RuntimeError:
         bound = 0
     if not bound:
-        raise ConfigError(f"--chief {host}:{port}: cannot listen there (is the port in use?)")
+        raise ConfigError(f"--chief {_address(host, port)}: cannot listen there (is the port in use?)")
     server.start()
-    echo(f"chief: serving the oracle on {host}:{port}; start workers with "
-         f"imgclf tune --worker NAME --chief {host}:{port} --dir {tune_dir}")
+    echo(f"chief: serving the oracle on {_address(host, port)}; start workers with "
+         f"imgclf tune --worker NAME --chief {_dial_address(host, port)} --dir {tune_dir}")
     ended = len(oracle.end_order)
     try:
         while True:
@@ -561,6 +653,8 @@ def _serve(oracle, host: str, port: int, tune_dir: Path, echo, poll_s: float = 0
 
 def worker(directory: str, name: str, endpoint: str, echo=print, wait_s: float = 1.0) -> Path:
     """Run trials the chief hands out until it says the search is over."""
+    import grpc
+
     host, port = parse_endpoint(endpoint)
     check_worker_name(name)
     tune_dir = Path(directory)
@@ -569,15 +663,23 @@ def worker(directory: str, name: str, endpoint: str, echo=print, wait_s: float =
         echo(f"worker {name}: waiting for the chief to write {config}")
         while not config.is_file():
             time.sleep(wait_s)
+    state = tune_dir / TUNE_MANIFEST
+    if state.is_file() and read_json(state).get("status") == "finished":
+        raise ConfigError(f"worker {name}: the search in {tune_dir} has finished; nothing to run "
+                          f"(more trials: imgclf tune --resume {tune_dir} --chief HOST:PORT "
+                          f"--set tune.max_trials=N)")
     cfg = load_config(config)
     _check(cfg)
     _set_role(name, host, port)
     try:
         tuner = _make_tuner(cfg, tune_dir, echo, tuner_id=name)
         _pause_when_idle(tuner.oracle, wait_s)
-        echo(f"worker {name}: asking {host}:{port} for trials")
+        echo(f"worker {name}: asking {_address(host, port)} for trials")
         with _signals():
             tuner.search()
+    except grpc.RpcError as exc:  # the chief is gone (KerasTuner's client waits up to an hour)
+        code = exc.code().name if callable(getattr(exc, "code", None)) else type(exc).__name__
+        raise ImgclfError(f"worker {name}: no chief at {_address(host, port)} ({code})") from None
     except KeyboardInterrupt:
         echo(f"worker {name} interrupted; its trial reruns when it rejoins with: imgclf tune --worker "
              f"{name} --chief {endpoint} --dir {tune_dir}")
