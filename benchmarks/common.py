@@ -1,15 +1,15 @@
 """What the benchmark scripts share: the data they run on, FLOP counts, timing, printing.
 
 Every benchmark measures its two figures side by side in one process (or one run of the
-script), alternating the two a few times and taking the median of each, so the ratio it
-prints holds on a busy machine even where the raw figures do not.
+script), alternating the two several times and keeping the best of each (as timeit does):
+the shared machine now and then runs at half speed for many seconds, which a median of a
+few alternations does not survive.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -59,13 +59,14 @@ def train_flops(model) -> int:
     return 3 * model_flops(model)
 
 
-def alternate(measures: dict[str, Callable[[], float]], rounds: int = 3) -> dict[str, float]:
-    """Run each measure ``rounds`` times, interleaved (A B A B ...); the median of each."""
+def alternate(measures: dict[str, Callable[[], float]], rounds: int = 5) -> dict[str, float]:
+    """Run each measure (a rate: more is better) ``rounds`` times, interleaved (A B A B ...);
+    the best of each."""
     seen: dict[str, list[float]] = {k: [] for k in measures}
     for _ in range(rounds):
         for name, measure in measures.items():
             seen[name].append(measure())
-    return {k: statistics.median(v) for k, v in seen.items()}
+    return {k: max(v) for k, v in seen.items()}
 
 
 def timed(fn: Callable[[], int]) -> float:

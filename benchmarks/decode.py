@@ -3,7 +3,7 @@ channel conversion, batch, one-hot: data/pipeline.py, nothing cached) over a bar
 loop of tf.io.read_file + tf.io.decode_image + tf.image.resize on the same files, with the
 same parallelism (AUTOTUNE) and batch size. Target >= 0.9.
 
-    python benchmarks/decode.py [--folder DIR] [--size 224] [--rounds 3]
+    python benchmarks/decode.py [--folder DIR] [--size 224] [--rounds 5]
 
 The default folder is ../shared/datasets/hymenoptera (real JPEG photos of many sizes).
 """
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("--folder", default=str(DEFAULT_FOLDER), help="a folder of class folders of images")
     ap.add_argument("--size", type=int, default=224, help="resize to SIZE x SIZE")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
 
     from imgclf._tf import import_tensorflow

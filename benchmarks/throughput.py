@@ -2,7 +2,7 @@
 the machine's float32 arithmetic does training use, and how does it compare with PyTorch?
 
     python benchmarks/throughput.py [--config configs/fashion_mnist.yaml ...] [--steps 40]
-                                    [--rounds 3] [--folder-images 12800] [--no-torch]
+                                    [--rounds 5] [--folder-images 12800] [--no-torch]
 
 Prints, each from two figures measured side by side in this one process:
 - pipeline efficiency (IDX, and a folder of PNGs): training images/s of the model fed by
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
                     help="config file(s), layered (default: fashion_mnist.yaml)")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     ap.add_argument("--steps", type=int, default=40, help="training steps per measurement")
-    ap.add_argument("--rounds", type=int, default=3, help="alternations of each pair (medians are used)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternations (best of each kept)")
     ap.add_argument("--folder-images", type=int, default=12800)
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args(argv)
