@@ -41,7 +41,8 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 def test_fashion_mnist_idx_config(tmp_path):
     result = CliRunner().invoke(app, [
         "train", "--config", str(ROOT / "configs/fashion_mnist.yaml"), "--set", "train.epochs=1",
-        "--set", "model.filters=[16,32]", "--set", "train.verbose=0", "--out", str(tmp_path),
+        "--set", "model.filters=[16,32]", "--set", "train.schedule.warmup_epochs=0",  # 1 epoch: no warm-up
+        "--set", "train.optimizer.lr=0.003", "--set", "train.verbose=0", "--out", str(tmp_path),
     ])
     assert result.exit_code == 0, result.output
     run = Path(result.output.strip().splitlines()[-1])
