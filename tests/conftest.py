@@ -5,9 +5,12 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# the scan cache (data/scan.py) of this test session, not the user's ~/.cache/imgclf
+os.environ["IMGCLF_CACHE_DIR"] = tempfile.mkdtemp(prefix="imgclf-test-cache-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

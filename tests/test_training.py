@@ -1,10 +1,9 @@
 """The recipes wired into `imgclf train`: schedules in history.csv, plateau, batch growth,
-determinism, TensorBoard, resume after SIGKILL, and `imgclf lr-find`."""
+determinism, TensorBoard, resume, and `imgclf lr-find` (interruptions: test_bad_inputs.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -114,54 +113,6 @@ def _wait_for(predicate, timeout=240.0):
     return False
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_continues_the_run(tmp_path):
-    recipe = ["train.epochs=6", "train.verbose=2", "train.optimizer.lr=0.01", "model.filters=[8]",
-              "model.dense_units=8", "train.schedule.name=cosine", "train.schedule.warmup_epochs=1"]
-    recipe += NO_STOP
-    cmd = [sys.executable, "-m", "imgclf", "train", *sets(recipe), "--out", str(tmp_path / "killed")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        def two_epochs_saved():
-            states = list((tmp_path / "killed").glob("*/checkpoint/state.json"))
-            return bool(states) and json.loads(states[0].read_text())["epoch"] >= 2
-        assert _wait_for(two_epochs_saved), "the run never checkpointed two epochs"
-        os.kill(proc.pid, signal.SIGKILL)  # no handler runs: what is on disk is all there is
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    (run,) = (tmp_path / "killed").iterdir()
-    assert json.loads((run / "run.json").read_text())["status"] == "running"
-
-    result = train("--resume", str(run))
-    assert run_dir_of(result) == run
-    assert "resuming" in result.output
-    h = history(run)
-    assert h["epoch"].tolist() == [1, 2, 3, 4, 5, 6]  # every epoch exactly once
-    manifest = json.loads((run / "run.json").read_text())
-    assert manifest["status"] == "finished" and manifest["resumed"] == 1
-    assert not (run / "checkpoint").exists()
-    # the schedule continued from its step count: the rates match an uninterrupted run
-    whole = history(run_dir_of(train(*sets(recipe), "--out", str(tmp_path / "whole"))))
-    np.testing.assert_allclose(h["lr"], whole["lr"], rtol=1e-6)
-
-
-def test_interrupt_prints_the_resume_command(tmp_path):
-    cmd = [sys.executable, "-m", "imgclf", "train", *sets(["train.epochs=500", "train.verbose=2"] + NO_STOP),
-           "--out", str(tmp_path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert _wait_for(lambda: bool(list(tmp_path.glob("*/checkpoint/state.json"))))
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130
-    (run,) = tmp_path.iterdir()
-    assert f"resume with: imgclf train --resume {run}" in out
-    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
 
 
 def test_resume_refuses_a_finished_run_and_extra_settings(tmp_path):

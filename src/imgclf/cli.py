@@ -11,6 +11,7 @@ import typer
 
 from imgclf._tf import import_tensorflow
 from imgclf.errors import ImgclfError
+from imgclf.runs import ensure_writable
 
 app = typer.Typer(
     add_completion=False,
@@ -78,6 +79,7 @@ def train(
             run_dir = resume_training(resume, echo=typer.echo)
         else:
             cfg = load_config(config, set_)  # config errors come before TensorFlow's slow import
+            ensure_writable(out or cfg.output.dir)
             setup = None
             if cfg.train.strategy == "multi_worker":
                 from imgclf.training.distribute import start_multi_worker, tf_config
@@ -154,6 +156,7 @@ def tune(
             if out is not None and directory is not None:
                 raise ImgclfError("give --out (a parent folder) or --dir (the exact directory), not both")
             cfg = load_config(config, set_)
+            ensure_writable(directory.parent if directory else out or cfg.output.dir)
             import_tensorflow()
             from imgclf.tuning import tune as run_tune
 
@@ -235,6 +238,10 @@ def show_config(
         typer.echo(dump_yaml(load_config(config, set_)), nl=False)
 
 
+UNSAFE_HELP = ("Load a model.keras that holds Python code (a Lambda layer): it runs as the file "
+               "loads, so only for files you trust. Refused without this flag.")
+
+
 @app.command()
 def evaluate(
     run_dirs: list[Path] = typer.Argument(..., help="A run directory (several with --ensemble)."),
@@ -249,6 +256,7 @@ def evaluate(
     name: str | None = typer.Option(None, "--name", help="Folder under RUN_DIR/eval/ (default: the split)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="With --ensemble: parent folder for "
                                     "its run directory (default: the first run's output.dir)."),
+    unsafe: bool = typer.Option(False, "--unsafe", help=UNSAFE_HELP),
 ) -> None:
     """Recompute metrics, plots and report.html from a saved model; the last line printed is
     the folder written."""
@@ -264,10 +272,10 @@ def evaluate(
         data_arg = str(data) if data else None
         if ensemble:
             written = evaluate_ensemble(run_dirs, data=data_arg, split=split, tta=tta,
-                                        out=str(out) if out else None, echo=typer.echo)
+                                        out=str(out) if out else None, unsafe=unsafe, echo=typer.echo)
         else:
             written = evaluate_run(run_dirs[0], data=data_arg, split=split, tta=tta, name=name,
-                                   echo=typer.echo)
+                                   unsafe=unsafe, echo=typer.echo)
     typer.echo(str(written))
 
 
@@ -281,6 +289,7 @@ def predict(
                                        "(default: CSV on stdout)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per batch."),
     tta: str | None = typer.Option(None, "--tta", help="Test-time augmentation: flip."),
+    unsafe: bool = typer.Option(False, "--unsafe", help=UNSAFE_HELP),
 ) -> None:
     """Top-k classes for every image, one row per file in sorted order; a file that does not
     decode gets a row with its error."""
@@ -302,11 +311,13 @@ def predict(
 
         try:
             summary = run_predict(model, input_path, top_k=top_k, output=output, batch_size=batch_size,
-                                  tta=tta, warn=warn, progress=progress)
+                                  tta=tta, unsafe=unsafe, warn=warn, progress=progress)
         finally:
             if bars:
                 bars[0].__exit__(None, None, None)
     typer.echo(summary_line(summary), err=True)
+    if summary.failed == summary.total:  # nothing predicted: a script must not take it for success
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -347,11 +358,29 @@ def inspect_data(
 
 
 def main() -> None:
+    """The console script: every way a command line can be wrong is one line and exit 2."""
+    try:  # Typer 0.2x carries its own copy of click; earlier ones use click itself
+        from typer._click import exceptions as cx
+    except ImportError:
+        from click import exceptions as cx
+
     try:
-        app()
+        code = app(standalone_mode=False)
+    except getattr(cx, "NoArgsIsHelpError", ()) as exc:  # `imgclf` or `imgclf evaluate` alone: the help
+        print(exc.ctx.get_help() if exc.ctx else str(exc), file=sys.stderr)
+        sys.exit(2)
+    except cx.UsageError as exc:  # an unknown option, a missing argument, a bad value
+        where = exc.ctx.command_path if exc.ctx else "imgclf"
+        print(f"imgclf: error: {' '.join(exc.format_message().split())} (see {where} --help)",
+              file=sys.stderr)
+        sys.exit(2)
+    except (cx.Abort, typer.Abort, KeyboardInterrupt):  # Ctrl-C outside a command's own handler
+        print("imgclf: interrupted", file=sys.stderr)
+        sys.exit(130)
     except ImgclfError as exc:  # raised outside a command's own handler
         print(f"imgclf: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

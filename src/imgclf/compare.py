@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from imgclf.errors import ConfigError, DataError
-from imgclf.runs import MANIFEST, read_json
+from imgclf.runs import MANIFEST, live_status, read_json
 
 COLUMNS = ["run", "status", "model", "params", "epochs", "best_epoch", "train_time_s",
            "val_accuracy", "val_loss", "val_f1_macro", "test_accuracy", "test_loss", "test_f1_macro"]
@@ -57,7 +57,7 @@ def collect(runs: list[Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], li
     rows, histories, warnings = [], {}, []
     for run in runs:
         manifest = read_json(run / MANIFEST)
-        status = manifest.get("status", "unknown")
+        status = live_status(manifest)
         history = _history(run)
         if history is not None and len(history):
             histories[run.name] = history

@@ -18,7 +18,7 @@ from imgclf.data.sources import Split
 from imgclf.errors import ConfigError, DataError
 from imgclf.reports.build import Context, build_reports, write_reports
 from imgclf.reports.metrics import prob_columns
-from imgclf.runs import Manifest, atomic_path, new_run_dir, write_json
+from imgclf.runs import Manifest, atomic_path, new_run_dir, write_bad_files, write_json
 from imgclf.saved import SavedRun, load_model, open_run
 
 TTA_MODES = ("flip",)
@@ -48,14 +48,19 @@ def predict_probs(model, images, tta: str | None = None) -> np.ndarray:
 
 def folder_split(root: Path, class_names: list[str]) -> tuple[Split, list[tuple[str, str]]]:
     """Every readable image under ``root``'s class folders, labelled by the run's classes."""
-    dirs = visible_subdirs(root)
-    unknown = sorted(d.name for d in dirs if d.name not in class_names)
+    dirs, empty = [], []
+    for d in visible_subdirs(root):
+        found = find_images(d)
+        if found or d.name in class_names:
+            dirs.append((d, found))
+        else:
+            empty.append((d.name + "/", "left out: an empty folder the model has no class for"))
+    unknown = sorted(d.name for d, _ in dirs if d.name not in class_names)
     if unknown:
         raise DataError(f"--data {root}: class folders the model does not know: {', '.join(unknown)} "
                         f"(its classes: {', '.join(class_names)})")
     files, labels = [], []
-    for d in dirs:
-        found = find_images(d)
+    for d, found in dirs:
         files += found
         labels += [class_names.index(d.name)] * len(found)
     if not files:
@@ -68,7 +73,7 @@ def folder_split(root: Path, class_names: list[str]) -> tuple[Split, list[tuple[
         ids=[files[i].relative_to(root).as_posix() for i in keep],
         files=[str(files[i]) for i in keep],
     )
-    return split, [(p.relative_to(root).as_posix(), r) for p, r in bad]
+    return split, [(p.relative_to(root).as_posix(), r) for p, r in bad] + empty
 
 
 class EvalData:
@@ -115,7 +120,7 @@ class EvalData:
             self.bad_files = bundle.bad_files
         self.cfg = cfg  # the run's config, data.path pointing at what was evaluated
 
-    def probs(self, run: SavedRun, tta: str | None) -> np.ndarray:
+    def probs(self, run: SavedRun, model, tta: str | None) -> np.ndarray:
         from imgclf.data.pipeline import make_dataset
 
         d = run.cfg.data
@@ -124,7 +129,7 @@ class EvalData:
             num_classes=len(run.class_names), batch_size=d.batch_size, training=False,
             seed=run.cfg.seed, cache=False,
         )
-        return predict_probs(load_model(run.path / "model.keras"), ds, tta)
+        return predict_probs(model, ds, tta)
 
 
 def write_prediction_rows(path: Path, split: str, id_column: str, ids: list, y: np.ndarray,
@@ -144,11 +149,13 @@ def _summary(split: str, m: dict) -> str:
 
 
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | None = None,
-                 tta: str | None = None, name: str | None = None, echo=print) -> Path:
+                 tta: str | None = None, name: str | None = None, unsafe: bool = False,
+                 echo=print) -> Path:
     check_tta(tta)
     if name and (name in (".", "..") or Path(name).name != name):
         raise ConfigError(f"--name must be one folder name under RUN_DIR/eval/. Received: name={name}")
     run = open_run(run_dir)
+    model = load_model(run.path / "model.keras", unsafe=unsafe)  # a refused file stops us before the data
     note = run.unfinished_note()
     if note:
         echo(f"warning: {note}")
@@ -159,7 +166,8 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
         name = items.split_name + (f"-{Path(data).name}" if data else "") + (f"-tta-{tta}" if tta else "")
     out = run.path / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
-    probs = items.probs(run, tta)
+    write_bad_files(out, items.bad_files)
+    probs = items.probs(run, model, tta)
     write_prediction_rows(out / "predictions.csv", items.split_name, items.id_column, items.split.ids,
                           items.split.y, probs, run.class_names)
     write_json(out / "eval.json", {
@@ -184,7 +192,8 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
 
 
 def evaluate_ensemble(run_dirs: list, *, data: str | None = None, split: str | None = None,
-                      tta: str | None = None, out: str | None = None, echo=print) -> Path:
+                      tta: str | None = None, out: str | None = None, unsafe: bool = False,
+                      echo=print) -> Path:
     """Average the members' probabilities on the first member's data (or --data); each member
     sees the items at its own input size and channels."""
     check_tta(tta)
@@ -205,12 +214,13 @@ def evaluate_ensemble(run_dirs: list, *, data: str | None = None, split: str | N
                         f"ensemble members split their data differently: {key} is {a!r} in "
                         f"{first.name} but {b!r} in {run.name}; pass --data to evaluate on one folder"
                     )
+    models = [load_model(run.path / "model.keras", unsafe=unsafe) for run in runs]
     for run in runs:
         note = run.unfinished_note()
         if note:
             echo(f"warning: {note}")
     items = EvalData(first, data, split)
-    probs = np.mean([items.probs(run, tta) for run in runs], axis=0)
+    probs = np.mean([items.probs(run, model, tta) for run, model in zip(runs, models)], axis=0)
 
     run_dir = new_run_dir(out or first.cfg.output.dir, "ensemble")
     manifest = Manifest(run_dir, "evaluate --ensemble")
@@ -225,6 +235,7 @@ def evaluate_ensemble(run_dirs: list, *, data: str | None = None, split: str | N
             data_path=str(Path(data).expanduser().resolve()) if data else None,
         )
         write_json(run_dir / "classes.json", first.class_names)
+        write_bad_files(run_dir, items.bad_files)
         write_prediction_rows(run_dir / "predictions.csv", items.split_name, items.id_column,
                               items.split.ids, items.split.y, probs, first.class_names)
         metrics = write_reports(run_dir)

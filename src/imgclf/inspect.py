@@ -38,14 +38,16 @@ def _image_stats(files: list[str]) -> tuple[Counter, Counter, np.ndarray]:
     """(modes, formats, sizes as (N, 2) width/height) from the files' headers (no decoding)."""
     from PIL import Image
 
+    from imgclf.data.scan import open_quietly
+
     modes, formats, sizes = Counter(), Counter(), []
     for f in files:
         try:
-            with Image.open(f) as im:
+            with open_quietly(f) as im:
                 modes[im.mode] += 1
                 formats[im.format or "?"] += 1
                 sizes.append(im.size)
-        except (OSError, ValueError):
+        except (OSError, ValueError, Image.DecompressionBombError):
             modes["(PIL cannot open)"] += 1
     return modes, formats, np.array(sizes, dtype=np.int64).reshape(-1, 2)
 

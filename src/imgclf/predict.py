@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.data.scan import find_images, why_unreadable
+from imgclf.data.scan import find_images, too_large, why_unreadable
 from imgclf.errors import ConfigError, DataError, ModelError
 from imgclf.runs import atomic_path, read_json
 from imgclf.saved import load_model, open_run
@@ -33,17 +33,17 @@ class Predictor:
     channels: int
 
 
-def load_predictor(model_or_run: str | Path) -> Predictor:
+def load_predictor(model_or_run: str | Path, unsafe: bool = False) -> Predictor:
     """A run directory (its model.keras, classes.json and config.yaml's input size) or a
     .keras file (its own input shape; classes.json beside it if there is one)."""
     path = Path(model_or_run)
     if path.is_dir():
         run = open_run(path)
-        model = load_model(path / "model.keras")
+        model = load_model(path / "model.keras", unsafe=unsafe)
         d = run.cfg.data
         size, channels, names = tuple(d.image_size), d.channels, run.class_names
     elif path.suffix == ".keras":
-        model = load_model(path)
+        model = load_model(path, unsafe=unsafe)
         shape = tuple(model.input_shape)
         if len(shape) != 4 or None in shape[1:]:
             raise ModelError(f"{path}: expected a fixed image input (H, W, C), got {shape}")
@@ -116,8 +116,8 @@ class PredictSummary:
 
 
 def predict(model_or_run, input_path, *, top_k: int | None = None, output: str | Path | None = None,
-            batch_size: int = 64, tta: str | None = None, warn=print, progress=None,
-            stdout=None) -> PredictSummary:
+            batch_size: int = 64, tta: str | None = None, unsafe: bool = False, warn=print,
+            progress=None, stdout=None) -> PredictSummary:
     """Write one row per file (sorted) with the top-k classes, or its error; ``progress(done,
     total)`` is called as the work starts and after each batch."""
     from imgclf.evaluate import check_tta
@@ -133,7 +133,7 @@ def predict(model_or_run, input_path, *, top_k: int | None = None, output: str |
             raise ConfigError(f"--output must end in .csv or .json. Received: output={output}")
         if not output.parent.is_dir():
             raise DataError(f"--output: folder not found: {output.parent}")
-    pred = load_predictor(model_or_run)
+    pred = load_predictor(model_or_run, unsafe=unsafe)
     files, base = list_inputs(input_path)
     n_classes = len(pred.class_names)
     if top_k is None:
@@ -164,7 +164,10 @@ def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int
         img = tf.cast(decode_image(p, size), tf.float32)
         return i, _to_channels(img, 3, channels)
 
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(files)), [str(f) for f in files]))
+    # an image whose header declares more than scan.MAX_PIXELS is not decoded: it gets an error row
+    todo = [i for i, f in enumerate(files) if too_large(f) is None]
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(todo, tf.int32),
+                                             tf.constant([str(files[i]) for i in todo], tf.string)))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # a file that fails to decode drops out here; its index is missing from the batches
     ds = ds.ignore_errors().batch(batch_size).prefetch(2)

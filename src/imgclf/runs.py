@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -50,6 +51,17 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+BAD_FILES = "bad_files.txt"
+
+
+def write_bad_files(folder: Path, bad: list[tuple[str, str]]) -> Path | None:
+    """``folder``/bad_files.txt: one ``path<TAB>reason`` line per skipped file or folder."""
+    if not bad:
+        return None
+    write_text(Path(folder) / BAD_FILES, "".join(f"{p}\t{r}\n" for p, r in bad))
+    return Path(folder) / BAD_FILES
+
+
 def read_json(path: str | Path):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -58,15 +70,26 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
-def new_run_dir(parent: str | Path, name: str) -> Path:
-    """Create ``parent/<YYYYmmdd-HHMMSS>-<name>``; never reuse an existing directory."""
-    parent = Path(parent)
+def ensure_writable(parent: str | Path) -> Path:
+    """Create the output folder ``parent`` if need be and prove it takes a file (permissions, a
+    read-only mount, a full disk), so a run fails here, before any data loads."""
+    parent = Path(parent).expanduser()
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ImgclfError(f"cannot create output directory {parent}: {exc.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise ImgclfError(f"output directory {parent} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=parent) as fh:
+            fh.write(b"imgclf")
+            fh.flush()
+    except OSError as exc:
+        raise ImgclfError(f"output directory {parent} is not writable: {exc.strerror}") from None
+    return parent
+
+
+def new_run_dir(parent: str | Path, name: str) -> Path:
+    """Create ``parent/<YYYYmmdd-HHMMSS>-<name>``; never reuse an existing directory."""
+    parent = ensure_writable(parent)
     base = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{_slug(name)}"
     for i in range(1, 1000):
         candidate = parent / (base if i == 1 else f"{base}-{i}")
@@ -108,6 +131,7 @@ class Manifest:
             "finished": None,
             "duration_s": None,
             "versions": versions(),
+            **_owner(),
         }
         self.save()
 
@@ -120,7 +144,7 @@ class Manifest:
         # the clock restarts; duration_s adds up the sessions
         self._t0 = time.time() - float(self.data.get("duration_s") or 0.0)
         self.data["resumed"] = int(self.data.get("resumed", 0)) + 1
-        self.update(status="running", finished=None, error=None, versions=versions())
+        self.update(status="running", finished=None, error=None, versions=versions(), **_owner())
         return self
 
     def update(self, **fields) -> None:
@@ -137,3 +161,51 @@ class Manifest:
 
     def save(self) -> None:
         write_json(self.path, self.data)
+
+
+def _owner() -> dict:
+    """Which process writes a running run: how a reader tells a live run from a killed one."""
+    return {"pid": os.getpid(), "pid_started": _started(os.getpid()), "host": socket.gethostname()}
+
+
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), telling it from a later
+    process that reuses the number; None where /proc does not say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        pass
+    return started is None or _started(pid) in (None, started)
+
+
+def live_status(manifest: dict) -> str:
+    """A manifest's status as it stands now: a run marked running whose process is gone from
+    this machine (killed, out of memory, the machine restarted) is ``interrupted``. A run
+    started on another machine keeps its recorded status."""
+    status = manifest.get("status", "unknown")
+    if status == "running" and manifest.get("host") == socket.gethostname():
+        pid = manifest.get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and not _alive(pid, manifest.get("pid_started")):
+            return "interrupted"
+    return status
+
+
+def running_elsewhere(manifest: dict) -> str | None:
+    """One line if the run's own process is still at work on it (resuming it now would make
+    two writers), else None."""
+    if manifest.get("status") != "running" or live_status(manifest) != "running":
+        return None
+    host, pid = manifest.get("host"), manifest.get("pid")
+    if host != socket.gethostname() or not isinstance(pid, int):
+        return None  # another machine's, or an old run.json without a pid: cannot tell; allow
+    return f"process {pid} on this machine is still running it"

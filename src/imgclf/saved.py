@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf.errors import ConfigError, DataError, ModelError, first_line
-from imgclf.runs import MANIFEST, read_json
+from imgclf.runs import MANIFEST, live_status, read_json
 
 
 @dataclass
@@ -25,7 +25,7 @@ class SavedRun:
 
     @property
     def status(self) -> str:
-        return self.manifest.get("status", "unknown")
+        return live_status(self.manifest)
 
     @property
     def finished(self) -> bool:
@@ -71,8 +71,10 @@ def open_run(path: str | Path, need_model: bool = True) -> SavedRun:
     return SavedRun(path=path, manifest=manifest, class_names=read_json(path / "classes.json"), cfg=cfg)
 
 
-def load_model(path: str | Path):
-    """A saved .keras model, without its optimizer, refusing unsafe (lambda) code."""
+def load_model(path: str | Path, unsafe: bool = False):
+    """A saved .keras model, without its optimizer. Keras' safe mode refuses a file that holds
+    Python code (a Lambda layer's bytecode) unless ``unsafe`` (the CLI's --unsafe) says the
+    file is trusted."""
     import keras
 
     import imgclf.data.augment  # noqa: F401  (registers our augmentation layers)
@@ -86,6 +88,9 @@ def load_model(path: str | Path):
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would say "File not found"
         raise ModelError(f"cannot load {path}: not a .keras file (a zip archive)")
     try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
+        return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
     except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors, ...
+        if "safe_mode" in str(exc) or "unsafe_deserialization" in str(exc):
+            raise ModelError(f"refusing to load {path}: it holds Python code (a Lambda layer) that would "
+                             "run as it loads; if you trust where it came from, pass --unsafe") from None
         raise ModelError(f"cannot load {path}: {first_line(exc)[:300]}") from None

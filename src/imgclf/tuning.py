@@ -37,7 +37,7 @@ import pandas as pd
 
 from imgclf.config import Config, TuneConfig, dump_yaml, load_config, to_dict, with_values
 from imgclf.errors import ConfigError, ImgclfError, TrainingError, first_line
-from imgclf.runs import MANIFEST, Manifest, new_run_dir, read_json, write_json, write_text
+from imgclf.runs import MANIFEST, Manifest, new_run_dir, read_json, running_elsewhere, write_json, write_text
 
 TUNE_MANIFEST = "tune.json"
 KT_PROJECT = "keras_tuner"
@@ -527,6 +527,10 @@ def _reopen(tune_dir: str | Path, max_trials: int | None, mode: str,
     overrides = [f"tune.max_trials={max_trials}"] if max_trials is not None else []
     cfg = load_config(tune_dir / "config.yaml", overrides)
     state = read_json(tune_dir / TUNE_MANIFEST)
+    busy = running_elsewhere(state)
+    if busy:
+        raise ConfigError(f"--resume {tune_dir}: {busy}; stop it first (Ctrl-C, or kill -INT "
+                          f"{state['pid']}), or let it finish")
     if state.get("status") == "finished" and max_trials is None:
         raise ConfigError(f"--resume {tune_dir}: this search already finished ({state.get('trials')} "
                           f"trials); to run more trials, add --set tune.max_trials=N")

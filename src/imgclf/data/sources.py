@@ -235,21 +235,32 @@ def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
             if any(found.values()):  # an empty val/ or test/ counts as absent
                 per_split[name] = found
 
-    # check every file once; skip and list the ones that do not decode
+    # check every file once (data/scan.py caches the verdicts); skip and list the ones that do not
+    # decode. A training class folder left with no usable image is left out, with the reason.
     everything = [p for files in per_split.values() for fl in files.values() for p in fl]
     bad = unreadable_images(everything)
     bad_set = {p for p, _ in bad}
+    listed = [(p.relative_to(root).as_posix(), r) for p, r in bad]
+    empty = [c for c in classes if not any(p not in bad_set for p in per_split["train"][c])]
+    for cname in empty:
+        folder = (tops["train"] / cname).relative_to(root).as_posix() + "/"
+        had = len(per_split["train"][cname])
+        listed.append((folder, f"class left out: its folder has no {'readable ' if had else ''}images"))
+    classes = [c for c in classes if c not in empty]
+    _need_two_classes(len(classes), f"{tops['train']} (after leaving out {len(empty)} empty class "
+                      f"folder{'s' if len(empty) != 1 else ''})" if empty else str(tops["train"]))
 
     splits: dict[str, Split] = {}
     for name, by_class in per_split.items():
         files, labels = [], []
         for ci, cname in enumerate(classes):
             good = [p for p in by_class.get(cname, []) if p not in bad_set]
-            if name == "train" and not good:
-                where = tops["train"] / cname
-                raise DataError(f"class folder {where} has no readable images")
             files += good
             labels += [ci] * len(good)
+        for cname in empty:
+            if name != "train" and by_class.get(cname):
+                folder = (tops[name] / cname).relative_to(root).as_posix() + "/"
+                listed.append((folder, f"left out: class {cname} has no training images"))
         y = np.array(labels, dtype=np.int64)
         splits[name] = Split(
             y=y,
@@ -272,7 +283,7 @@ def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
         image_size=None,
         kind="files",
         id_column="file",
-        bad_files=[(p.relative_to(root).as_posix(), r) for p, r in bad],
+        bad_files=listed,
     )
 
 

@@ -19,13 +19,15 @@ THUMB = 128
 def _thumb(path: Path) -> np.ndarray:
     from PIL import Image
 
+    from imgclf.data.scan import open_quietly
+
     try:
-        with Image.open(path) as im:
+        with open_quietly(path) as im:
             im.draft("RGB", (THUMB, THUMB))  # JPEG: decode at a reduced scale
             im = im.convert("RGB")
             im.thumbnail((THUMB, THUMB))
             return np.asarray(im)
-    except (OSError, ValueError):  # PIL may refuse what TensorFlow read: a blank tile
+    except (OSError, ValueError, Image.DecompressionBombError):  # PIL may refuse what TensorFlow read
         return np.full((THUMB, THUMB, 3), 255, dtype=np.uint8)
 
 

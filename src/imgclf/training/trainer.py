@@ -23,7 +23,17 @@ from imgclf.data import DataBundle, load_data
 from imgclf.errors import ConfigError, TrainingError
 from imgclf.reports import write_reports
 from imgclf.reports.metrics import prob_columns
-from imgclf.runs import MANIFEST, Manifest, atomic_path, new_run_dir, read_json, write_json, write_text
+from imgclf.runs import (
+    MANIFEST,
+    Manifest,
+    atomic_path,
+    new_run_dir,
+    read_json,
+    running_elsewhere,
+    write_bad_files,
+    write_json,
+    write_text,
+)
 from imgclf.training.distribute import (
     Distribution,
     barrier,
@@ -287,7 +297,12 @@ def resume(run_dir: str | Path, echo=print) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file() or not (run_dir / MANIFEST).is_file():
         raise ConfigError(f"--resume {run_dir}: not an imgclf run directory (no config.yaml / {MANIFEST})")
-    status = read_json(run_dir / MANIFEST).get("status")
+    recorded = read_json(run_dir / MANIFEST)
+    status = recorded.get("status")
+    busy = running_elsewhere(recorded)
+    if busy:
+        raise ConfigError(f"--resume {run_dir}: {busy}; stop it first (Ctrl-C, or kill -INT "
+                          f"{recorded['pid']}), or let it finish")
     if status == "finished":
         raise ConfigError(f"--resume {run_dir}: this run already finished; start a new one with --config "
                           f"{run_dir / 'config.yaml'}")
@@ -402,8 +417,7 @@ def _fit_all(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo, sta
     cfg, bundle, t = prep.cfg, prep.bundle, prep.cfg.train
     write_json(run_dir / "classes.json", bundle.class_names)
     if bundle.bad_files:
-        listing = run_dir / "bad_files.txt"
-        write_text(listing, "".join(f"{p}\t{r}\n" for p, r in bundle.bad_files))
+        listing = write_bad_files(run_dir, bundle.bad_files)
         echo(f"skipped {len(bundle.bad_files)} unreadable file(s), listed in {listing}:")
         for p, r in bundle.bad_files[:5]:
             echo(f"  {p}: {r}")
