@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,16 +21,11 @@ app = typer.Typer(
 
 
 def _terminate_like_ctrl_c() -> None:
-    """SIGTERM (a scheduler's or `kill`'s stop) ends a run the way Ctrl-C does: the run is
-    marked interrupted, and what finished (history, the best model) stays."""
+    """SIGTERM ends a run the way Ctrl-C does: the run is marked interrupted, and what finished
+    (history, the best model, the checkpoint) stays (imgclf.interrupts)."""
+    from imgclf import interrupts
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
-    # a process started in the background by a non-interactive shell inherits SIGINT ignored,
-    # and Python then leaves it ignored: `kill -INT` must still stop a run cleanly
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    interrupts.install()
 
 
 @contextmanager

@@ -71,25 +71,32 @@ def _slug(text: str) -> str:
 
 
 def ensure_writable(parent: str | Path) -> Path:
-    """Create the output folder ``parent`` if need be and prove it takes a file (permissions, a
-    read-only mount, a full disk), so a run fails here, before any data loads."""
+    """Prove that the output folder ``parent`` can be made and takes a file (permissions, a
+    read-only mount, a file in the way), so a run fails here, before any data loads; nothing
+    is left behind."""
     parent = Path(parent).expanduser()
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ImgclfError(f"cannot create output directory {parent}: {existing} is not a directory")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ImgclfError(f"cannot create output directory {parent}: {exc.strerror}") from None
-    try:
-        with tempfile.TemporaryFile(dir=parent) as fh:
+        with tempfile.TemporaryFile(dir=existing) as fh:
             fh.write(b"imgclf")
             fh.flush()
     except OSError as exc:
-        raise ImgclfError(f"output directory {parent} is not writable: {exc.strerror}") from None
+        what = "is not writable" if existing == parent else f"cannot be made in {existing}"
+        raise ImgclfError(f"output directory {parent} {what}: {exc.strerror}") from None
     return parent
 
 
 def new_run_dir(parent: str | Path, name: str) -> Path:
     """Create ``parent/<YYYYmmdd-HHMMSS>-<name>``; never reuse an existing directory."""
     parent = ensure_writable(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ImgclfError(f"cannot create output directory {parent}: {exc.strerror}") from None
     base = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{_slug(name)}"
     for i in range(1, 1000):
         candidate = parent / (base if i == 1 else f"{base}-{i}")

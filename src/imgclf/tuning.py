@@ -354,9 +354,11 @@ _holding = [0]
 
 
 def _on_signal(signum, frame):
+    from imgclf.interrupts import in_finalizer, stopping
+
     _signalled.append(signum)
-    if not _holding[0]:
-        raise KeyboardInterrupt(f"signal {signum}")
+    if not _holding[0] and not in_finalizer(frame):  # raised in a finalizer, it would be lost
+        raise stopping(signum)
 
 
 def _stop_if_signalled() -> None:

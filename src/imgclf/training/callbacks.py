@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from imgclf import interrupts
 from imgclf.runs import atomic_path, write_json
 
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "batch_size",
@@ -270,3 +271,14 @@ def read_checkpoint(run_dir: Path) -> dict | None:
     if not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+class RaisePendingInterrupt(keras.callbacks.Callback):
+    """Raise a SIGINT/SIGTERM that arrived while Python was in a finalizer (imgclf.interrupts)
+    at the end of the batch in progress."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupts.raise_if_pending()
+
+    def on_test_batch_end(self, batch, logs=None):
+        interrupts.raise_if_pending()

@@ -370,6 +370,7 @@ def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict], extra_state
         EarlyStop,
         HistoryCSV,
         Plateau,
+        RaisePendingInterrupt,
     )
 
     t = cfg.train
@@ -378,7 +379,7 @@ def _callbacks(run_dir: Path, cfg: Config, history_rows: list[dict], extra_state
     best = BestModel(run_dir / "model.keras", es.monitor, es.mode, es.min_delta,
                      checkpoint_dir=run_dir / CHECKPOINT_DIR)
     stateful: dict = {"best": best}
-    callbacks = [history, keras.callbacks.TerminateOnNaN(), best]
+    callbacks = [history, keras.callbacks.TerminateOnNaN(), best, RaisePendingInterrupt()]
     if es.enabled:
         stateful["early_stopping"] = EarlyStop(es.monitor, es.mode, es.patience, es.min_delta)
     if t.schedule.name == "plateau":
