@@ -438,6 +438,7 @@ LONG_RUN = ["train.epochs=400", "train.verbose=2", "model.filters=[8]", "model.d
             "train.early_stopping.enabled=false"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_train_saves_state_and_says_how_to_resume(tmp_path, sig):
     out = tmp_path / "runs"
@@ -461,6 +462,7 @@ def test_a_signal_during_train_saves_state_and_says_how_to_resume(tmp_path, sig)
     assert state["epoch"] == done  # the checkpoint is the last finished epoch
 
 
+@pytest.mark.slow
 def test_sigkill_loses_at_most_the_epoch_in_progress(tmp_path):
     """No handler runs on SIGKILL: run.json still says running, readers see the dead process
     and call the run interrupted, and --resume repeats only the epoch that was cut off."""
@@ -511,6 +513,7 @@ def test_resume_refuses_a_run_its_process_is_still_writing(tmp_path):
     assert data["host"] == socket.gethostname() and data["status"] == "running"
 
 
+@pytest.mark.slow
 def test_sigterm_during_tune_saves_the_search_and_says_how_to_resume(tmp_path):
     tune_dir = tmp_path / "sweep"
     space = ["tune.max_trials=20", "train.epochs=1", "model.filters=[8]", "model.dense_units=8",
