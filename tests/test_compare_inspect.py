@@ -90,7 +90,7 @@ def test_inspect_a_folder(tmp_path):
     assert "imbalance: 3.00 (largest class cats 12, smallest dogs 4)" in out
     assert "modes: RGB 16" in out and "PNG 8" in out and "JPEG 8" in out
     assert "most common sizes (WxH): 16x16 (16)" in out
-    assert "unreadable: 1 file(s) skipped" in out and "dogs/bad.jpg: empty file" in out
+    assert "skipped: 1 unreadable file(s):" in out and "dogs/bad.jpg: empty file" in out
     assert grid.read_bytes()[:8] == PNG
     lines = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.startswith(("cats", "dogs"))}
     assert lines["cats"][-1] == "12" and lines["dogs"][-1] == "4"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.config import Config, load_config
+from imgclf.data.scan import skipped_summary
 from imgclf.errors import ConfigError, DataError
 
 SAMPLES_PER_CLASS = 6
@@ -144,7 +145,7 @@ def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "sa
         h, w = bundle.image_size
         echo(f"images: all {w}x{h} (WxH), mode {mode}, uint8")
     if bundle.bad_files:
-        echo(f"unreadable: {len(bundle.bad_files)} file(s) skipped:")
+        echo(f"skipped: {skipped_summary(bundle.bad_files)}:")
         for p, why in bundle.bad_files[:20]:
             echo(f"  {p}: {why}")
         if len(bundle.bad_files) > 20:

@@ -47,6 +47,14 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def skipped_summary(bad: list[tuple[str, str]]) -> str:
+    """``7 unreadable file(s) and 1 folder(s)`` for a bad_files list (folders end in /)."""
+    folders = sum(p.endswith("/") for p, _ in bad)
+    files = len(bad) - folders
+    parts = ([f"{files} unreadable file(s)"] if files else []) + ([f"{folders} folder(s)"] if folders else [])
+    return " and ".join(parts)
+
+
 # ------------------------------------------------------------------------- cache
 def cache_dir() -> Path:
     """IMGCLF_CACHE_DIR, else $XDG_CACHE_HOME/imgclf, else ~/.cache/imgclf."""

@@ -20,6 +20,7 @@ import pandas as pd
 
 from imgclf.config import SCHEDULE_PARAMS, Config, TrainConfig, dump_yaml, load_config
 from imgclf.data import DataBundle, load_data
+from imgclf.data.scan import skipped_summary
 from imgclf.errors import ConfigError, TrainingError
 from imgclf.reports import write_reports
 from imgclf.reports.metrics import prob_columns
@@ -419,7 +420,7 @@ def _fit_all(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo, sta
     write_json(run_dir / "classes.json", bundle.class_names)
     if bundle.bad_files:
         listing = write_bad_files(run_dir, bundle.bad_files)
-        echo(f"skipped {len(bundle.bad_files)} unreadable file(s), listed in {listing}:")
+        echo(f"skipped {skipped_summary(bundle.bad_files)}, listed in {listing}:")
         for p, r in bundle.bad_files[:5]:
             echo(f"  {p}: {r}")
     echo(f"data: {cfg.data.source} {bundle.summary()}; images {prep.image_size[0]}x"
