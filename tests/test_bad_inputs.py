@@ -231,6 +231,47 @@ def test_bad_input(hostile, case, file, outcome, reason):
             assert np.abs(got.astype(int) - want.astype(int)).mean() < 2.0
 
 
+def _damage(run: Path, what: str) -> None:
+    if what == "run.json cut short":
+        (run / "run.json").write_text('{"status": "fin')
+    elif what == "classes.json not JSON":
+        (run / "classes.json").write_text("ants, bees")
+    elif what == "classes.json not a list":
+        (run / "classes.json").write_text('{"ants": 0}')
+    elif what == "model.keras cut short":
+        (run / "model.keras").write_bytes((run / "model.keras").read_bytes()[:500])
+    elif what == "model.keras missing":
+        (run / "model.keras").unlink()
+    elif what == "config.yaml damaged":
+        (run / "config.yaml").write_text("model: {name: 3")
+
+
+DAMAGED_RUNS = [  # (damage, the line evaluate and predict give)
+    ("run.json cut short", "run.json: not valid JSON"),
+    ("classes.json not JSON", "classes.json: not valid JSON"),
+    ("classes.json not a list", "expected a list of at least two class names"),
+    ("model.keras cut short", "not a .keras file"),
+    ("model.keras missing", "has no model.keras"),
+    ("config.yaml damaged", "the saved config no longer loads"),
+]
+
+
+@pytest.mark.parametrize("damage, message", DAMAGED_RUNS, ids=[d for d, _ in DAMAGED_RUNS])
+def test_a_damaged_run_directory(hostile, tmp_path, damage, message):
+    """evaluate and predict refuse it in one line; compare still shows the other runs."""
+    import shutil
+
+    run = tmp_path / "damaged"
+    shutil.copytree(hostile["run"], run, ignore=shutil.ignore_patterns("eval"))
+    _damage(run, damage)
+    for args in (["evaluate", str(run)], ["predict", str(run), str(hostile["root"] / ANTS)]):
+        assert message in one_line_error(runner.invoke(app, args))
+    compared = runner.invoke(app, ["compare", str(run), str(hostile["run"]), "--format", "csv"])
+    assert compared.exit_code == 0, compared.output
+    rows = list(csv.DictReader(io.StringIO(compared.stdout)))
+    assert [r["status"] for r in rows][1] == "finished" and len(rows) == 2
+
+
 def test_predict_paths_are_relative_to_its_input(hostile):
     rows = list(csv.DictReader((hostile["base"] / "pred.csv").open(encoding="utf-8")))
     files = [r["file"] for r in rows]
@@ -600,3 +641,24 @@ def test_predict_exits_non_zero_when_no_file_could_be_read(hostile, tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "predicted 0 of 2 file(s)" in proc.stderr
     assert len(proc.stdout.strip().splitlines()) == 3  # the header and two error rows
+
+
+def test_a_bug_of_ours_is_one_line_unless_debugging(monkeypatch, capsys):
+    import imgclf.compare
+    from imgclf.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something we did not foresee\nover two lines")
+
+    monkeypatch.setattr(imgclf.compare, "compare", broken)
+    monkeypatch.setattr(sys, "argv", ["imgclf", "compare", "somewhere"])
+    monkeypatch.delenv("IMGCLF_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("imgclf: internal error: RuntimeError: something we did")
+    assert "IMGCLF_DEBUG=1" in err[0]
+    monkeypatch.setenv("IMGCLF_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="did not foresee"):
+        main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -368,12 +369,19 @@ def main() -> None:
         print(f"imgclf: error: {' '.join(exc.format_message().split())} (see {where} --help)",
               file=sys.stderr)
         sys.exit(2)
-    except (cx.Abort, typer.Abort, KeyboardInterrupt):  # Ctrl-C outside a command's own handler
+    except (getattr(cx, "Abort", typer.Abort), typer.Abort, KeyboardInterrupt):  # Ctrl-C, early
         print("imgclf: interrupted", file=sys.stderr)
         sys.exit(130)
     except ImgclfError as exc:  # raised outside a command's own handler
         print(f"imgclf: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug of ours: one line and how to see more, unless asked for
+        if os.environ.get("IMGCLF_DEBUG"):
+            raise
+        text = " ".join(str(exc).split())[:300]
+        print(f"imgclf: internal error: {type(exc).__name__}: {text} (a bug: please report it; "
+              "IMGCLF_DEBUG=1 shows the traceback)", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code or 0)
 
 

@@ -56,20 +56,30 @@ def collect(runs: list[Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], li
     """(one row per run, {run: history}, warnings about runs that are not finished)."""
     rows, histories, warnings = [], {}, []
     for run in runs:
-        manifest = read_json(run / MANIFEST)
-        status = live_status(manifest)
+        try:
+            manifest = read_json(run / MANIFEST)
+            status = live_status(manifest)
+        except (DataError, AttributeError) as exc:  # damaged, or not a JSON object
+            warnings.append(f"warning: {run.name}: {exc if isinstance(exc, DataError) else 'bad run.json'}")
+            manifest, status = {}, "unreadable"
         history = _history(run)
         if history is not None and len(history):
             histories[run.name] = history
         metrics = {}
         if status == "finished" and (run / "metrics.json").exists():
-            metrics = read_json(run / "metrics.json")
-        else:
+            try:
+                metrics = read_json(run / "metrics.json")
+            except DataError as exc:
+                warnings.append(f"warning: {run.name}: {exc}")
+        elif status != "unreadable":  # that one was warned about already
             done = f"{len(history)} epoch(s) in history.csv" if history is not None else "no history"
             warnings.append(f"warning: {run.name} is {status}, not finished ({done}): no final metrics")
         model = manifest.get("model")
         if model is None and (run / "config.yaml").exists():
-            model = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("model", {}).get("name")
+            try:
+                model = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("model", {}).get("name")
+            except (yaml.YAMLError, AttributeError, OSError, UnicodeDecodeError):
+                model = None  # a damaged config.yaml: the model column stays empty
         row = {
             "run": run.name, "status": status, "model": model, "params": manifest.get("params"),
             "epochs": manifest.get("epochs") or (len(history) if history is not None else None),

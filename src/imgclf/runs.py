@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from imgclf.errors import ImgclfError
+from imgclf.errors import DataError, ImgclfError
 
 MANIFEST = "run.json"
 
@@ -63,7 +63,13 @@ def write_bad_files(folder: Path, bad: list[tuple[str, str]]) -> Path | None:
 
 
 def read_json(path: str | Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file of ours; a damaged or unreadable one is a DataError (one line)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({' '.join(str(exc).split())[:120]})") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _slug(text: str) -> str:

@@ -3,7 +3,6 @@ class names and status. Evaluate, predict and compare read runs only through her
 
 from __future__ import annotations
 
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,12 +48,9 @@ def open_run(path: str | Path, need_model: bool = True) -> SavedRun:
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"run directory not found: {path}")
-    manifest = {}
-    if (path / MANIFEST).exists():
-        try:
-            manifest = read_json(path / MANIFEST)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path / MANIFEST}: not valid JSON: {exc}") from None
+    manifest = read_json(path / MANIFEST) if (path / MANIFEST).exists() else {}
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path / MANIFEST}: expected a JSON object")
     if not (path / "classes.json").exists():
         raise DataError(f"{path} is not a run directory: it has no classes.json")
     if need_model and not (path / "model.keras").exists():
@@ -68,7 +64,10 @@ def open_run(path: str | Path, need_model: bool = True) -> SavedRun:
             raise ConfigError(f"{path}: the saved config no longer loads: {exc}") from None
     elif need_model:
         raise DataError(f"{path} is not a run directory: it has no config.yaml")
-    return SavedRun(path=path, manifest=manifest, class_names=read_json(path / "classes.json"), cfg=cfg)
+    names = read_json(path / "classes.json")
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path / 'classes.json'}: expected a list of at least two class names")
+    return SavedRun(path=path, manifest=manifest, class_names=names, cfg=cfg)
 
 
 def load_model(path: str | Path, unsafe: bool = False):
