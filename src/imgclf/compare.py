@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from imgclf.errors import ConfigError, DataError
-from imgclf.runs import MANIFEST, live_status, read_json
+from imgclf.runs import MANIFEST, ensure_writable, live_status, read_json
 
 COLUMNS = ["run", "status", "model", "params", "epochs", "best_epoch", "train_time_s",
            "val_accuracy", "val_loss", "val_f1_macro", "test_accuracy", "test_loss", "test_f1_macro"]
@@ -154,6 +154,8 @@ def compare(paths: list, *, sort: str | None = None, fmt: str = "table", plot: s
         raise ConfigError(f"--plot must end in .png. Received: plot={plot}")
     if plot is not None and not Path(plot).parent.is_dir():
         raise DataError(f"--plot: folder not found: {Path(plot).parent}")
+    if plot is not None:
+        ensure_writable(Path(plot).parent)
     table, histories, warnings = collect(expand(paths))
     table = sort_rows(table, sort)
     for w in warnings:

@@ -18,7 +18,7 @@ from imgclf.data.sources import Split
 from imgclf.errors import ConfigError, DataError
 from imgclf.reports.build import Context, build_reports, write_reports
 from imgclf.reports.metrics import prob_columns
-from imgclf.runs import Manifest, atomic_path, new_run_dir, write_bad_files, write_json
+from imgclf.runs import Manifest, atomic_path, ensure_writable, new_run_dir, write_bad_files, write_json
 from imgclf.saved import SavedRun, load_model, open_run
 
 TTA_MODES = ("flip",)
@@ -155,6 +155,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     if name and (name in (".", "..") or Path(name).name != name):
         raise ConfigError(f"--name must be one folder name under RUN_DIR/eval/. Received: name={name}")
     run = open_run(run_dir)
+    ensure_writable(run.path / "eval")  # eval/NAME/ goes inside the run: a read-only run is one line
     model = load_model(run.path / "model.keras", unsafe=unsafe)  # a refused file stops us before the data
     note = run.unfinished_note()
     if note:
@@ -214,6 +215,7 @@ def evaluate_ensemble(run_dirs: list, *, data: str | None = None, split: str | N
                         f"ensemble members split their data differently: {key} is {a!r} in "
                         f"{first.name} but {b!r} in {run.name}; pass --data to evaluate on one folder"
                     )
+    ensure_writable(out or first.cfg.output.dir)  # before the work, not after it
     models = [load_model(run.path / "model.keras", unsafe=unsafe) for run in runs]
     for run in runs:
         note = run.unfinished_note()

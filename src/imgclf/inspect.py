@@ -15,6 +15,7 @@ import numpy as np
 from imgclf.config import Config, load_config
 from imgclf.data.scan import skipped_summary
 from imgclf.errors import ConfigError, DataError
+from imgclf.runs import ensure_writable
 
 SAMPLES_PER_CLASS = 6
 MAX_CLASSES_SHOWN = 12
@@ -108,6 +109,7 @@ def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "sa
         raise ConfigError(f"--grid must end in .png. Received: grid={grid}")
     if not grid.parent.is_dir():
         raise DataError(f"--grid: folder not found: {grid.parent}")
+    ensure_writable(grid.parent)
     if per_class < 1:
         raise ConfigError(f"--per-class must be at least 1. Received: per_class={per_class}")
     bundle = load_data(cfg.data, cfg.seed)

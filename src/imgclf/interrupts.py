@@ -1,10 +1,12 @@
 """SIGINT and SIGTERM stop a command the way Ctrl-C does: a KeyboardInterrupt that the
 commands turn into a saved, resumable state and exit 130.
 
-A signal that lands while Python runs a finalizer (a weakref callback, a ``__del__``) cannot
-raise there: Python would print "Exception ignored in ..." and carry on as if nothing had
-happened. Such a signal is kept pending instead, and training raises it at the end of the
-batch in progress (``raise_if_pending``, called by a callback).
+A KeyboardInterrupt raised while Python runs a finalizer (a weakref callback, a ``__del__``,
+a generator closed by the garbage collector) is lost: Python prints "Exception ignored in ..."
+and carries on. So every signal is also remembered until the command has acted on it, and
+training raises a remembered one at the end of the batch in progress (``raise_if_pending``,
+called by a callback). Where the handler can tell it is in a finalizer, it does not raise at
+all and leaves the signal to that check.
 """
 
 from __future__ import annotations
@@ -35,10 +37,14 @@ def stopping(signum) -> KeyboardInterrupt:
 
 
 def _handler(signum, frame):
-    if in_finalizer(frame):
-        _pending.append(signum)
-        return
-    raise stopping(signum)
+    _pending.append(signum)
+    if not in_finalizer(frame):
+        raise stopping(signum)
+
+
+def acted_on() -> None:
+    """The command caught the interrupt and is stopping: nothing is pending any more."""
+    _pending.clear()
 
 
 def install() -> None:

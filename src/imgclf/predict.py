@@ -18,7 +18,7 @@ import numpy as np
 
 from imgclf.data.scan import find_images, too_large, why_unreadable
 from imgclf.errors import ConfigError, DataError, ModelError
-from imgclf.runs import atomic_path, read_json
+from imgclf.runs import atomic_path, ensure_writable, read_json
 from imgclf.saved import load_model, open_run
 
 DEFAULT_TOP_K = 3
@@ -133,6 +133,7 @@ def predict(model_or_run, input_path, *, top_k: int | None = None, output: str |
             raise ConfigError(f"--output must end in .csv or .json. Received: output={output}")
         if not output.parent.is_dir():
             raise DataError(f"--output: folder not found: {output.parent}")
+        ensure_writable(output.parent)
     pred = load_predictor(model_or_run, unsafe=unsafe)
     files, base = list_inputs(input_path)
     n_classes = len(pred.class_names)

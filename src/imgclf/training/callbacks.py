@@ -274,8 +274,11 @@ def read_checkpoint(run_dir: Path) -> dict | None:
 
 
 class RaisePendingInterrupt(keras.callbacks.Callback):
-    """Raise a SIGINT/SIGTERM that arrived while Python was in a finalizer (imgclf.interrupts)
-    at the end of the batch in progress."""
+    """Raise a SIGINT/SIGTERM whose first KeyboardInterrupt was lost in a finalizer
+    (imgclf.interrupts) at the end of the batch in progress. Async-safe: Keras runs it on its
+    callback thread and re-raises what it raises in the training loop, so batches stay async."""
+
+    async_safe = True
 
     def on_train_batch_end(self, batch, logs=None):
         interrupts.raise_if_pending()

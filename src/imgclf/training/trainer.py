@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from imgclf import interrupts
 from imgclf.config import SCHEDULE_PARAMS, Config, TrainConfig, dump_yaml, load_config
 from imgclf.data import DataBundle, load_data
 from imgclf.data.scan import skipped_summary
@@ -347,6 +348,7 @@ def _guarded(run_dir: Path, manifest: Manifest, echo, work, own_run: bool = True
     try:
         return work()
     except KeyboardInterrupt:
+        interrupts.acted_on()
         manifest.close("interrupted")
         if own_run:
             echo(f"interrupted; every finished epoch is saved in {run_dir}")
