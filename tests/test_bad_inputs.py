@@ -123,6 +123,9 @@ def make_hostile_folder(root: Path) -> dict[str, np.ndarray]:
     png16(bees / "grey16.png", grey16)
     expect[f"{BEES}/grey16.png"] = np.repeat(np.round(grey16 / 257.0).astype(np.uint8)[..., None], 3, -1)
 
+    pattern_image(0, rng).save(ants / "modern.webp", lossless=True)  # WebP among the JPEGs
+    expect[f"{ANTS}/modern.webp"] = pil_rgb(ants / "modern.webp")
+
     pattern_image(1, rng).convert("L").save(bees / "grey.jpg", quality=95)  # greyscale beside RGB
     expect[f"{BEES}/grey.jpg"] = pil_rgb(bees / "grey.jpg")
 
@@ -149,6 +152,7 @@ CASES = [
     ("text file named .jpg", f"{ANTS}/notes.jpg", SKIPPED, "Unknown image file format"),
     ("animated GIF among JPEGs", f"{ANTS}/moving.gif", USED, None),
     ("CMYK JPEG", f"{ANTS}/cmyk.jpg", USED, None),
+    ("WebP among JPEGs", f"{ANTS}/modern.webp", USED, None),
     ("RGBA PNG", f"{BEES}/rgba.png", USED, None),
     ("16-bit RGB PNG", f"{BEES}/rgb16.png", USED, None),
     ("16-bit greyscale PNG", f"{BEES}/grey16.png", USED, None),

@@ -71,7 +71,7 @@ def list_inputs(input_path: str | Path) -> tuple[list[Path], Path]:
     if path.is_dir():
         files = find_images(path)
         if not files:
-            raise DataError(f"no image files (.jpg .jpeg .png .bmp .gif) under {path}")
+            raise DataError(f"no image files (.jpg .jpeg .png .bmp .gif .webp) under {path}")
         return files, path
     raise DataError(f"input not found: {path}")
 

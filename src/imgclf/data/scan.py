@@ -16,7 +16,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 # larger images are skipped unread: a few MB of PNG can hold a 50,000 x 50,000 image (7.5 GB
 # decoded). A 10,000 x 10,000 photo passes (300 MB decoded, resized on the way in). The limit is
 # the one past which PIL itself refuses to open an image (twice its warning threshold), so what
