@@ -72,14 +72,17 @@ def png16(path: Path, pixels: np.ndarray) -> None:
                      + chunk(b"IEND", b""))
 
 
-def bomb_png(path: Path, side: int) -> None:
-    """The start of a PNG declaring side x side RGB pixels: its header and a few zero rows."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+def bomb_png(path: Path, side: int, bad_text_crc: bool = False) -> None:
+    """The start of a PNG declaring side x side RGB pixels: its header and a few zero rows.
+    ``bad_text_crc`` adds a text chunk with a wrong checksum: PIL refuses the file, TensorFlow's
+    decoder does not, so PIL alone cannot be the size check."""
+    def chunk(kind, data, crc=None):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc or zlib.crc32(kind + data))
 
     rows = zlib.compressobj().compress(b"\0" * (3 * side + 1) * 8)
     head = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", rows))
+    text = chunk(b"tEXt", b"Comment\0hello", crc=12345) if bad_text_crc else b""
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + text + chunk(b"IDAT", rows))
 
 
 def pil_rgb(path: Path) -> np.ndarray:
@@ -134,6 +137,9 @@ def make_hostile_folder(root: Path) -> dict[str, np.ndarray]:
 
     # a PNG whose header declares 40,000 x 40,000 pixels (4.8 GB decoded): a bomb's first rows
     bomb_png(ants / "bomb.png", 40_000)
+    bomb_png(ants / "sly_bomb.png", 40_000, bad_text_crc=True)
+    with open(os.fsencode(ants) + b"/caf\xe9.jpg", "wb") as fh:  # a Latin-1 name, from an old zip
+        fh.write(good)
 
     os.symlink("loop_b.jpg", ants / "loop_a.jpg")  # two links that point at each other
     os.symlink("loop_a.jpg", ants / "loop_b.jpg")
@@ -159,6 +165,8 @@ CASES = [
     ("greyscale JPEG beside RGB", f"{BEES}/grey.jpg", USED, None),
     ("10,000 x 10,000 image", f"{ANTS}/huge.jpg", USED, None),
     ("decompression bomb (40,000 x 40,000 header)", f"{ANTS}/bomb.png", SKIPPED, "too large"),
+    ("bomb that PIL cannot open (bad text chunk)", f"{ANTS}/sly_bomb.png", SKIPPED, "too large"),
+    ("file name not valid UTF-8", f"{ANTS}/caf\\xe9.jpg", SKIPPED, "not valid UTF-8"),
     ("unicode and spaces in class and file names", f"{BEES}/bee ünï 0.png", USED, None),
     ("empty class folder", "empty/", SKIPPED, "left out"),
     ("symlink loop (files)", f"{ANTS}/loop_a.jpg", SKIPPED, "symbolic links"),
@@ -199,7 +207,7 @@ def test_every_command_finishes_on_the_hostile_folder(hostile):
     run = hostile["run"]
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     assert json.loads((run / "classes.json").read_text()) == [ANTS, BEES]  # empty/ left out
-    assert "skipped 6 unreadable file(s) and 1 folder(s)" in hostile["train"].output  # loop_b too
+    assert "skipped 8 unreadable file(s) and 1 folder(s)" in hostile["train"].output  # loop_b too
 
 
 @pytest.mark.parametrize("case, file, outcome, reason", CASES, ids=[c[0] for c in CASES])
@@ -309,10 +317,18 @@ def test_the_scan_runs_once_and_is_cached(tmp_path, monkeypatch):
 
     last_line_path(runner.invoke(app, ["train", *sets(overrides), "--out", str(tmp_path / "runs")]))
     assert checked[1:] == []  # all 13 verdicts from the cache: nothing decoded again
-    time.sleep(0.01)
     pattern_image(0, np.random.default_rng(1)).save(root / "a" / "bad.jpg")  # mended
+    # and a good PNG damaged in place: same size, its modification time put back (as cp -p would)
+    victim = root / "b" / "img_000.png"
+    before = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[60:90] = b"\x00" * 30  # inside the compressed pixels
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert victim.stat().st_size == before.st_size and victim.stat().st_mtime_ns == before.st_mtime_ns
     run = last_line_path(runner.invoke(app, ["train", *sets(overrides), "--out", str(tmp_path / "runs")]))
-    assert checked[1:] == [1] and not (run / "bad_files.txt").exists()
+    assert checked[1:] == [2]  # the mended file and the damaged one, nothing else
+    assert list(listed(run / "bad_files.txt")) == ["b/img_000.png"]
 
 
 # ---------------------------------------------------------------- configs and command lines
@@ -546,16 +562,31 @@ def test_sigkill_loses_at_most_the_epoch_in_progress(tmp_path):
 
 
 def test_resume_refuses_a_run_its_process_is_still_writing(tmp_path):
-    from imgclf.runs import Manifest
+    from imgclf.runs import Manifest, _started, holding, live_status
 
     run = tmp_path / "live"
     run.mkdir()
     (run / "config.yaml").write_text("seed: 1\n")
-    Manifest(run, "train")  # running, owned by this (live) process
-    result = runner.invoke(app, ["train", "--resume", str(run)])
-    assert f"process {os.getpid()} on this machine is still running it" in one_line_error(result)
-    data = json.loads((run / "run.json").read_text())
-    assert data["host"] == socket.gethostname() and data["status"] == "running"
+    Manifest(run, "train")
+    owner = subprocess.Popen(["sleep", "60"])  # the process that "writes" the run
+    try:
+        data = json.loads((run / "run.json").read_text())
+        data.update(pid=owner.pid, pid_started=_started(owner.pid))
+        (run / "run.json").write_text(json.dumps(data))
+        assert data["host"] == socket.gethostname() and live_status(data) == "running"
+        result = runner.invoke(app, ["train", "--resume", str(run)])
+        assert f"process {owner.pid} on this machine is still running it" in one_line_error(result)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert live_status(data) == "interrupted"  # gone: a reader no longer calls it running
+    data["pid_started"] = 1  # a live process that reuses a dead run's number is not its owner
+    data["pid"] = os.getppid()
+    assert live_status(data) == "interrupted"
+
+    with holding(run):  # another imgclf process in the run, whatever run.json says
+        result = runner.invoke(app, ["train", "--resume", str(run)])
+    assert "another imgclf process is working in this run" in one_line_error(result)
 
 
 @pytest.mark.slow
@@ -666,3 +697,34 @@ def test_a_bug_of_ours_is_one_line_unless_debugging(monkeypatch, capsys):
     monkeypatch.setenv("IMGCLF_DEBUG", "1")
     with pytest.raises(RuntimeError, match="did not foresee"):
         main()
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(tmp_path, monkeypatch, command):
+    """Raised inside a __del__, a KeyboardInterrupt would be printed as 'Exception ignored' and
+    lost; the handler holds it instead and the next training batch raises it."""
+    from imgclf.training.callbacks import Checkpoint
+
+    save = Checkpoint.on_epoch_end
+
+    class Garbage:
+        def __del__(self):  # the signal arrives while the collector runs this
+            handler = signal.getsignal(signal.SIGTERM)
+            handler(signal.SIGTERM, sys._getframe())
+
+    def epoch_end(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch == 0:
+            Garbage()  # collected at once: its __del__ runs here, and must not raise
+
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", epoch_end)
+    overrides = FAST + ["train.epochs=5", "train.early_stopping.enabled=false"]
+    if command == "tune":
+        overrides += ["tune.max_trials=3", "tune.space={model.dropout: {choice: [0.1, 0.2, 0.3]}}"]
+    result = runner.invoke(app, [command, *sets(overrides), "--out", str(tmp_path)])
+    assert result.exit_code == 130, result.output
+    assert f"resume with: imgclf {command} --resume" in result.output
+    runs = [p.parent for p in tmp_path.rglob("history.csv")]
+    assert len(runs) == 1  # the first run (or trial) stopped; no other began
+    assert len(pd.read_csv(runs[0] / "history.csv")) == 1  # at the first batch after the signal
+    assert json.loads((runs[0] / "run.json").read_text())["status"] == "interrupted"

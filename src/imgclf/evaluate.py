@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imgclf.data.scan import find_images, unreadable_images, visible_subdirs
+from imgclf.data.scan import find_images, printable, unreadable_images, visible_subdirs
 from imgclf.data.sources import Split
 from imgclf.errors import ConfigError, DataError
 from imgclf.reports.build import Context, build_reports, write_reports
@@ -73,7 +73,7 @@ def folder_split(root: Path, class_names: list[str]) -> tuple[Split, list[tuple[
         ids=[files[i].relative_to(root).as_posix() for i in keep],
         files=[str(files[i]) for i in keep],
     )
-    return split, [(p.relative_to(root).as_posix(), r) for p, r in bad] + empty
+    return split, [(printable(p.relative_to(root).as_posix()), r) for p, r in bad] + empty
 
 
 class EvalData:

@@ -42,6 +42,10 @@ def _handler(signum, frame):
         raise stopping(signum)
 
 
+def remember(signum: int) -> None:
+    _pending.append(signum)
+
+
 def acted_on() -> None:
     """The command caught the interrupt and is stopping: nothing is pending any more."""
     _pending.clear()

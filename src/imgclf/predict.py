@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.data.scan import find_images, too_large, why_unreadable
+from imgclf.data.scan import find_images, printable, refuse, why_unreadable
 from imgclf.errors import ConfigError, DataError, ModelError
 from imgclf.runs import atomic_path, ensure_writable, read_json
 from imgclf.saved import load_model, open_run
@@ -165,8 +165,9 @@ def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int
         img = tf.cast(decode_image(p, size), tf.float32)
         return i, _to_channels(img, 3, channels)
 
-    # an image whose header declares more than scan.MAX_PIXELS is not decoded: it gets an error row
-    todo = [i for i, f in enumerate(files) if too_large(f) is None]
+    # a file scan.refuse() turns down (too many pixels, a name that is not UTF-8) is not
+    # decoded: it gets an error row
+    todo = [i for i, f in enumerate(files) if refuse(f) is None]
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(todo, tf.int32),
                                              tf.constant([str(files[i]) for i in todo], tf.string)))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -182,7 +183,7 @@ def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int
         nonlocal next_i, failed
         for j in range(next_i, stop):
             why = why_unreadable(files[j])
-            rel = files[j].relative_to(base).as_posix()
+            rel = printable(files[j].relative_to(base).as_posix())
             warn(f"warning: {rel}: {why}")
             rows.write(rel, [], why)
             failed += 1

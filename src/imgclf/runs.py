@@ -55,8 +55,10 @@ BAD_FILES = "bad_files.txt"
 
 
 def write_bad_files(folder: Path, bad: list[tuple[str, str]]) -> Path | None:
-    """``folder``/bad_files.txt: one ``path<TAB>reason`` line per skipped file or folder."""
+    """``folder``/bad_files.txt: one ``path<TAB>reason`` line per skipped file or folder; none
+    (and an old one removed, e.g. in a reused eval/NAME/) when nothing was skipped."""
     if not bad:
+        (Path(folder) / BAD_FILES).unlink(missing_ok=True)
         return None
     write_text(Path(folder) / BAD_FILES, "".join(f"{p}\t{r}\n" for p, r in bad))
     return Path(folder) / BAD_FILES
@@ -82,9 +84,13 @@ def ensure_writable(parent: str | Path) -> Path:
     is left behind."""
     parent = Path(parent).expanduser()
     existing = parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
+    try:
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        is_dir = existing.is_dir()
+    except OSError as exc:  # a folder on the way that this user may not look into
+        raise ImgclfError(f"cannot create output directory {parent}: {exc.strerror}") from None
+    if not is_dir:
         raise ImgclfError(f"cannot create output directory {parent}: {existing} is not a directory")
     try:
         with tempfile.TemporaryFile(dir=existing) as fh:
@@ -174,6 +180,35 @@ class Manifest:
 
     def save(self) -> None:
         write_json(self.path, self.data)
+
+
+@contextmanager
+def holding(path: str | Path, what: str = "run"):
+    """An exclusive lock on the directory ``path`` (flock on the directory itself: no lock file)
+    while this process works in it. A second imgclf process that wants it is refused at once;
+    the lock goes when the process ends, however it ends (kill -9 included). Where the file
+    system has no such locks (Windows, some network mounts) this does nothing."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ImgclfError(f"{path}: another imgclf process is working in this {what} right now; stop "
+                              "it first (Ctrl-C) or let it finish") from None
+        except OSError:
+            pass  # no locks on this file system: go on without
+        yield
+    finally:
+        os.close(fd)
 
 
 def _owner() -> dict:

@@ -37,7 +37,16 @@ import pandas as pd
 
 from imgclf.config import Config, TuneConfig, dump_yaml, load_config, to_dict, with_values
 from imgclf.errors import ConfigError, ImgclfError, TrainingError, first_line
-from imgclf.runs import MANIFEST, Manifest, new_run_dir, read_json, running_elsewhere, write_json, write_text
+from imgclf.runs import (
+    MANIFEST,
+    Manifest,
+    holding,
+    new_run_dir,
+    read_json,
+    running_elsewhere,
+    write_json,
+    write_text,
+)
 
 TUNE_MANIFEST = "tune.json"
 KT_PROJECT = "keras_tuner"
@@ -354,9 +363,10 @@ _holding = [0]
 
 
 def _on_signal(signum, frame):
-    from imgclf.interrupts import in_finalizer, stopping
+    from imgclf.interrupts import in_finalizer, remember, stopping
 
     _signalled.append(signum)
+    remember(signum)  # a trial's training raises it at its next batch if this raise is lost
     if not _holding[0] and not in_finalizer(frame):  # raised in a finalizer, it would be lost
         raise stopping(signum)
 
@@ -557,13 +567,21 @@ def tune(cfg: Config, out: str | None = None, directory: str | None = None, echo
     """Run a search in this process; returns the new tune directory."""
     _check(cfg)
     tune_dir, manifest = _start_dir(cfg, out, directory)
-    return _search(tune_dir, cfg, manifest, echo)
+    with holding(tune_dir, "search"):
+        return _search(tune_dir, cfg, manifest, echo)
 
 
 def resume(tune_dir: str | Path, max_trials: int | None = None, echo=print) -> Path:
     """Continue an interrupted search: finished trials are kept, an interrupted one reruns."""
-    tune_dir, cfg, manifest = _reopen(tune_dir, max_trials, "local")
-    return _search(tune_dir, cfg, manifest, echo)
+    _exists(tune_dir)
+    with holding(tune_dir, "search"):
+        tune_dir, cfg, manifest = _reopen(tune_dir, max_trials, "local")
+        return _search(tune_dir, cfg, manifest, echo)
+
+
+def _exists(tune_dir: str | Path) -> None:
+    if not Path(tune_dir).is_dir():
+        raise ConfigError(f"--resume {tune_dir}: not an imgclf tune directory (no such folder)")
 
 
 def _search(tune_dir: Path, cfg: Config, manifest: Manifest, echo) -> Path:
@@ -590,6 +608,15 @@ def _search(tune_dir: Path, cfg: Config, manifest: Manifest, echo) -> Path:
 def chief(cfg: Config | None, endpoint: str, directory: str | None = None, resume_dir: str | None = None,
           max_trials: int | None = None, echo=print) -> Path:
     """Serve the oracle to workers until every trial has ended; runs no trial itself."""
+    if resume_dir is not None:
+        _exists(resume_dir)
+        with holding(resume_dir, "search"):
+            return _chief(cfg, endpoint, None, resume_dir, max_trials, echo)
+    return _chief(cfg, endpoint, directory, None, max_trials, echo)
+
+
+def _chief(cfg: Config | None, endpoint: str, directory: str | None, resume_dir: str | None,
+           max_trials: int | None, echo) -> Path:
     host, port = parse_endpoint(endpoint)
     if resume_dir is not None:
         tune_dir, cfg, manifest = _reopen(resume_dir, max_trials, "chief",

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 # the one past which PIL itself refuses to open an image (twice its warning threshold), so what
 # training uses, the report's thumbnails and `imgclf inspect` can read too
 MAX_PIXELS = 178_956_970
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def is_hidden(name: str) -> bool:
@@ -72,17 +73,35 @@ def _cache_file(paths: list[Path]) -> Path:
 
 
 def _stamp(path: Path) -> list | None:
+    """What identifies a file's content without reading it: size, inode, and the modification
+    and change times (ctime moves on every write and cannot be set back by `cp -p`, `rsync -a`
+    or `touch -r`)."""
     try:
         st = path.stat()
     except OSError:  # gone, a broken link, a symlink loop: decode again and say why
         return None
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _judge() -> dict:
+    """What the verdicts depend on besides the file: a cache made under another limit or
+    another TensorFlow decoder is not used."""
+    import importlib.metadata as md
+
+    try:
+        tf_version = md.version("tensorflow")
+    except md.PackageNotFoundError:
+        tf_version = None
+    return {"version": CACHE_VERSION, "max_pixels": MAX_PIXELS, "tensorflow": tf_version}
 
 
 def _read_cache(file: Path) -> dict:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-        return data["files"] if data.get("version") == CACHE_VERSION else {}
+        if not isinstance(data, dict) or data.get("judge") != _judge() or not isinstance(data["files"], dict):
+            return {}
+        return {k: v for k, v in data["files"].items()  # [*stamp, verdict] each, else ignored
+                if isinstance(v, list) and len(v) == 5 and (v[4] is None or isinstance(v[4], str))}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}  # no cache, or a damaged one: scan again
 
@@ -92,7 +111,7 @@ def _write_cache(file: Path, entries: dict) -> None:
 
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        write_json(file, {"version": CACHE_VERSION, "files": entries})
+        write_json(file, {"judge": _judge(), "files": entries})
     except OSError:
         pass  # a read-only home costs a rescan next time, nothing more
 
@@ -111,8 +130,8 @@ def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
     todo = []
     for p in paths:
         hit = cached.get(str(p.absolute()))
-        if stamps[p] is not None and hit is not None and hit[:2] == stamps[p]:
-            verdicts[p] = hit[2]
+        if stamps[p] is not None and hit is not None and hit[:4] == stamps[p]:
+            verdicts[p] = hit[4]
         else:
             todo.append(p)
     for p, why in check_images(todo).items():
@@ -125,17 +144,102 @@ def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
     return [(p, verdicts[p]) for p in paths if verdicts[p] is not None]
 
 
+def printable(name: str) -> str:
+    """``name`` as text any file or terminal takes: a byte that is not UTF-8 (a file name from
+    an old zip) shows as \\xNN instead of failing the write."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def refuse(path: Path) -> str | None:
+    """The reason not to hand ``path`` to the decoder at all, else None: a name TensorFlow
+    cannot take (not UTF-8), or a header that declares too many pixels (``too_large``)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8: rename it"
+    return too_large(path)
+
+
 def too_large(path: Path) -> str | None:
-    """The reason to skip an image whose header declares more than MAX_PIXELS, else None
-    (the header only: nothing is decoded)."""
+    """The reason not to decode ``path``, from its header alone, else None: an image that
+    declares more than MAX_PIXELS, or a file that looks like an image TensorFlow decodes but
+    whose size cannot be read (it could be any size). Files of no known format are left to
+    TensorFlow's decoder, which refuses them."""
     try:
         with open_quietly(path, check_size=False) as im:
             w, h = im.size
-    except Exception:  # not an image PIL knows: TensorFlow's decoder decides
-        return None
+    except Exception:  # PIL refuses some files TensorFlow decodes: read the size ourselves
+        try:
+            size = header_size(path)
+        except OSError:
+            return None  # unreadable: the decoder says why
+        if size is None:
+            return None
+        if size == (0, 0):
+            return "damaged image header: its size cannot be read"
+        w, h = size
     if w * h > MAX_PIXELS:
         return f"too large: {w} x {h} pixels (the limit is {MAX_PIXELS:,} pixels)"
     return None
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the header of a PNG, GIF, BMP, WebP or JPEG file; (0, 0) for one of
+    those formats whose size cannot be read; None for any other file."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+        if head.startswith(b"\x89PNG\r\n\x1a\n"):
+            return struct.unpack(">II", head[16:24]) if head[12:16] == b"IHDR" else (0, 0)
+        if head[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", head[6:10]) if len(head) >= 10 else (0, 0)
+        if head[:2] == b"BM":
+            if len(head) < 26:
+                return (0, 0)
+            w, h = struct.unpack("<ii", head[18:26])
+            return abs(w), abs(h)
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            kind, body = head[12:16], head[20:]
+            if kind == b"VP8X" and len(body) >= 10:
+                return (int.from_bytes(body[4:7], "little") + 1, int.from_bytes(body[7:10], "little") + 1)
+            if kind == b"VP8L" and len(body) >= 5:
+                bits = int.from_bytes(body[1:5], "little")
+                return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+            if kind == b"VP8 " and len(body) >= 10:
+                w, h = struct.unpack("<HH", body[6:10])
+                return w & 0x3FFF, h & 0x3FFF
+            return (0, 0)
+        if head[:2] == b"\xff\xd8":
+            return _jpeg_size(fh)
+    return None
+
+
+def _jpeg_size(fh) -> tuple[int, int]:
+    """The frame size from a JPEG's first SOF marker (segments skipped by their lengths)."""
+    fh.seek(2)
+    for _ in range(10_000):
+        byte = fh.read(1)
+        while byte == b"\xff":  # fill bytes before a marker
+            byte = fh.read(1)
+        if not byte:
+            return (0, 0)
+        marker = byte[0]
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            continue
+        length = fh.read(2)
+        if len(length) < 2:
+            return (0, 0)
+        size = struct.unpack(">H", length)[0]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            frame = fh.read(5)
+            if len(frame) < 5:
+                return (0, 0)
+            h, w = struct.unpack(">HH", frame[1:5])
+            return w, h
+        fh.seek(size - 2, 1)
+        nxt = fh.read(1)
+        if nxt != b"\xff":
+            return (0, 0)
+    return (0, 0)
 
 
 @contextmanager
@@ -161,7 +265,7 @@ def check_images(paths: list[Path]) -> dict[Path, str | None]:
     (tf.data); the few that fail are decoded once more on their own to learn why."""
     if not paths:
         return {}
-    out: dict[Path, str | None] = {p: too_large(p) for p in paths}
+    out: dict[Path, str | None] = {p: refuse(p) for p in paths}
     todo = [p for p in paths if out[p] is None]
     if not todo:
         return out
@@ -192,9 +296,9 @@ def why_unreadable(path: Path) -> str:
     try:
         if path.stat().st_size == 0:
             return "empty file"
-        big = too_large(path)
-        if big:
-            return big
+        refused = refuse(path)
+        if refused:
+            return refused
         decode_file(tf.constant(str(path)))
     except OSError as exc:  # a broken link, a symlink loop, no permission
         return exc.strerror or type(exc).__name__

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.config import DataConfig
-from imgclf.data.scan import find_images, unreadable_images, visible_subdirs
+from imgclf.data.scan import find_images, printable, unreadable_images, visible_subdirs
 from imgclf.data.splits import split_indices
 from imgclf.errors import ConfigError, DataError
 
@@ -240,7 +240,7 @@ def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
     everything = [p for files in per_split.values() for fl in files.values() for p in fl]
     bad = unreadable_images(everything)
     bad_set = {p for p, _ in bad}
-    listed = [(p.relative_to(root).as_posix(), r) for p, r in bad]
+    listed = [(printable(p.relative_to(root).as_posix()), r) for p, r in bad]
     empty = [c for c in classes if not any(p not in bad_set for p in per_split["train"][c])]
     for cname in empty:
         folder = (tops["train"] / cname).relative_to(root).as_posix() + "/"

@@ -29,6 +29,7 @@ from imgclf.runs import (
     MANIFEST,
     Manifest,
     atomic_path,
+    holding,
     new_run_dir,
     read_json,
     running_elsewhere,
@@ -282,11 +283,12 @@ def train(cfg: Config, out: str | None = None, echo=print) -> Path | None:
     name = cfg.output.name or f"{cfg.model.name}-{cfg.data.source}"
     run_dir = new_run_dir(out or cfg.output.dir, name) if dist.is_chief else dist.scratch_dir()
     try:
-        manifest = Manifest(run_dir, "train")
-        write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo,
-                                                                   entered=entered, dist=dist),
-                        own_run=dist.is_chief)
+        with holding(run_dir):
+            manifest = Manifest(run_dir, "train")
+            write_text(run_dir / "config.yaml", dump_yaml(cfg))
+            return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo,
+                                                                       entered=entered, dist=dist),
+                            own_run=dist.is_chief)
     finally:
         dist.cleanup()  # a non-chief worker's scratch directory
 
@@ -294,11 +296,16 @@ def train(cfg: Config, out: str | None = None, echo=print) -> Path | None:
 def resume(run_dir: str | Path, echo=print) -> Path:
     """Continue an interrupted run in its own directory, from its last finished epoch, with
     its saved config, optimizer state and schedule position."""
-    from imgclf.training.callbacks import CHECKPOINT_DIR, CHECKPOINT_WEIGHTS, read_checkpoint
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file() or not (run_dir / MANIFEST).is_file():
         raise ConfigError(f"--resume {run_dir}: not an imgclf run directory (no config.yaml / {MANIFEST})")
+    with holding(run_dir):  # from the first check to the end: two resumes cannot both pass it
+        return _resume(run_dir, echo)
+
+
+def _resume(run_dir: Path, echo) -> Path:
+    from imgclf.training.callbacks import CHECKPOINT_DIR, CHECKPOINT_WEIGHTS, read_checkpoint
+
     recorded = read_json(run_dir / MANIFEST)
     status = recorded.get("status")
     busy = running_elsewhere(recorded)
@@ -510,6 +517,7 @@ def _finish(run_dir: Path, prep: Prepared, model, manifest: Manifest, echo, dist
     from imgclf.saved import load_model
     from imgclf.training.callbacks import CHECKPOINT_DIR
 
+    interrupts.raise_if_pending()  # a stop asked for in the last batches: the run stays resumable
     bundle, es = prep.bundle, prep.cfg.train.early_stopping
     manifest.update(epochs=epoch, best_epoch=best.best_epoch, monitor=es.monitor,
                     best_value=best.best, train_time_s=round(train_time, 3), strategy=dist.kind,
