@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from imgclf.errors import ConfigError, DataError
-from imgclf.runs import MANIFEST, ensure_writable, live_status, read_json
+from imgclf.runs import MANIFEST, ensure_writable, live_status, read_json, read_manifest
 
 COLUMNS = ["run", "status", "model", "params", "epochs", "best_epoch", "train_time_s",
            "val_accuracy", "val_loss", "val_f1_macro", "test_accuracy", "test_loss", "test_f1_macro"]
@@ -57,10 +57,10 @@ def collect(runs: list[Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], li
     rows, histories, warnings = [], {}, []
     for run in runs:
         try:
-            manifest = read_json(run / MANIFEST)
+            manifest = read_manifest(run / MANIFEST)
             status = live_status(manifest)
-        except (DataError, AttributeError) as exc:  # damaged, or not a JSON object
-            warnings.append(f"warning: {run.name}: {exc if isinstance(exc, DataError) else 'bad run.json'}")
+        except DataError as exc:  # damaged, or not a JSON object
+            warnings.append(f"warning: {run.name}: {exc}")
             manifest, status = {}, "unreadable"
         history = _history(run)
         if history is not None and len(history):

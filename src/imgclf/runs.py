@@ -74,6 +74,14 @@ def read_json(path: str | Path):
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+def read_manifest(path: str | Path) -> dict:
+    """A run.json or tune.json: a JSON object, or a DataError (one line)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return data
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgclf.errors import ConfigError, DataError, ModelError, first_line
-from imgclf.runs import MANIFEST, live_status, read_json
+from imgclf.runs import MANIFEST, live_status, read_json, read_manifest
 
 
 @dataclass
@@ -48,9 +48,7 @@ def open_run(path: str | Path, need_model: bool = True) -> SavedRun:
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"run directory not found: {path}")
-    manifest = read_json(path / MANIFEST) if (path / MANIFEST).exists() else {}
-    if not isinstance(manifest, dict):
-        raise DataError(f"{path / MANIFEST}: expected a JSON object")
+    manifest = read_manifest(path / MANIFEST) if (path / MANIFEST).exists() else {}
     if not (path / "classes.json").exists():
         raise DataError(f"{path} is not a run directory: it has no classes.json")
     if need_model and not (path / "model.keras").exists():

@@ -43,6 +43,7 @@ from imgclf.runs import (
     holding,
     new_run_dir,
     read_json,
+    read_manifest,
     running_elsewhere,
     write_json,
     write_text,
@@ -230,7 +231,7 @@ def trial_score(run_dir: Path, objective: str) -> float:
         logged = ", ".join(c for c in frame.columns if c != "epoch")
         raise TrainingError(f"tune.objective: {objective} is not in {run_dir / 'history.csv'} "
                             f"(logged: {logged})")
-    best_epoch = read_json(run_dir / MANIFEST).get("best_epoch")
+    best_epoch = read_manifest(run_dir / MANIFEST).get("best_epoch")
     kept = frame.loc[frame["epoch"] == best_epoch, objective].astype(float)
     if kept.empty or not math.isfinite(kept.iloc[-1]):
         raise TrainingError(f"no finite {objective} at the kept epoch ({best_epoch}) of {run_dir}")
@@ -538,7 +539,7 @@ def _reopen(tune_dir: str | Path, max_trials: int | None, mode: str,
                           f"{TUNE_MANIFEST})")
     overrides = [f"tune.max_trials={max_trials}"] if max_trials is not None else []
     cfg = load_config(tune_dir / "config.yaml", overrides)
-    state = read_json(tune_dir / TUNE_MANIFEST)
+    state = read_manifest(tune_dir / TUNE_MANIFEST)
     busy = running_elsewhere(state)
     if busy:
         raise ConfigError(f"--resume {tune_dir}: {busy}; stop it first (Ctrl-C, or kill -INT "
@@ -584,24 +585,32 @@ def _exists(tune_dir: str | Path) -> None:
         raise ConfigError(f"--resume {tune_dir}: not an imgclf tune directory (no such folder)")
 
 
+@contextmanager
+def _closing_on_stop(tune_dir: Path, manifest: Manifest, echo, resume: str):
+    """An interrupted search is marked so, summarized, and says how to resume (``resume``);
+    a failed one is marked failed with its reason."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        manifest.close("interrupted")
+        summarize(tune_dir)
+        echo(f"interrupted; the ended trials are in {tune_dir / 'trials.csv'}")
+        echo(f"resume with: {resume}")
+        raise
+    except BaseException as exc:
+        manifest.close("failed", error=f"{type(exc).__name__}: {first_line(exc)}")
+        raise
+
+
 def _search(tune_dir: Path, cfg: Config, manifest: Manifest, echo) -> Path:
     _set_role(None)
-    try:
+    with _closing_on_stop(tune_dir, manifest, echo, f"imgclf tune --resume {tune_dir}"):
         tuner = _make_tuner(cfg, tune_dir, echo)
         done = len(records(tune_dir))
         if done:
             echo(f"resuming {tune_dir}: {done} trial(s) already ended")
         with _signals():
             tuner.search()
-    except KeyboardInterrupt:
-        manifest.close("interrupted")
-        summarize(tune_dir)
-        echo(f"interrupted; the ended trials are in {tune_dir / 'trials.csv'}")
-        echo(f"resume with: imgclf tune --resume {tune_dir}")
-        raise
-    except BaseException as exc:
-        manifest.close("failed", error=f"{type(exc).__name__}: {first_line(exc)}")
-        raise
     return _finish(tune_dir, manifest, echo)
 
 
@@ -626,20 +635,13 @@ def _chief(cfg: Config | None, endpoint: str, directory: str | None, resume_dir:
         _probe_port(host, port)
         tune_dir, manifest = _start_dir(cfg, None, directory, mode="chief")
     _set_role("chief", host, port)
+    again = f"imgclf tune --resume {tune_dir} --chief {endpoint}"
     try:
-        tuner = _make_tuner(cfg, tune_dir, echo, tuner_id="chief")
-        tuner.save()
-        with _signals():
-            _serve(tuner.oracle, host, port, tune_dir, echo)
-    except KeyboardInterrupt:
-        manifest.close("interrupted")
-        summarize(tune_dir)
-        echo(f"interrupted; the ended trials are in {tune_dir / 'trials.csv'}")
-        echo(f"resume with: imgclf tune --resume {tune_dir} --chief {endpoint}")
-        raise
-    except BaseException as exc:
-        manifest.close("failed", error=f"{type(exc).__name__}: {first_line(exc)}")
-        raise
+        with _closing_on_stop(tune_dir, manifest, echo, again):
+            tuner = _make_tuner(cfg, tune_dir, echo, tuner_id="chief")
+            tuner.save()
+            with _signals():
+                _serve(tuner.oracle, host, port, tune_dir, echo)
     finally:
         _set_role(None)
     return _finish(tune_dir, manifest, echo)
@@ -697,7 +699,7 @@ def worker(directory: str, name: str, endpoint: str, echo=print, wait_s: float =
         while not config.is_file():
             time.sleep(wait_s)
     state = tune_dir / TUNE_MANIFEST
-    if state.is_file() and read_json(state).get("status") == "finished":
+    if state.is_file() and read_manifest(state).get("status") == "finished":
         raise ConfigError(f"worker {name}: the search in {tune_dir} has finished; nothing to run "
                           f"(more trials: imgclf tune --resume {tune_dir} --chief HOST:PORT "
                           f"--set tune.max_trials=N)")

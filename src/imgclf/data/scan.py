@@ -2,8 +2,9 @@
 
 The check runs every file through the training pipeline's own TensorFlow decoder, in
 parallel, so a file that passes cannot fail mid-epoch. Its verdicts are cached on disk per
-file (keyed by size and modification time), so a second command on the same folder (another
-run, a resume, every trial of a sweep, evaluate, inspect) decodes only the files that changed.
+file (keyed by ``_stamp``: size, inode, modification and change time), so a second command on
+the same folder (another run, a resume, every trial of a sweep, evaluate, inspect) decodes
+only the files that changed.
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ def _write_cache(file: Path, entries: dict) -> None:
 # ------------------------------------------------------------------------- check
 def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
     """The files among ``paths`` that cannot be used, as (path, reason), in order: files that
-    do not decode, and images over MAX_PIXELS. Verdicts come from the cache where a file's size
-    and modification time are unchanged; the rest are checked (in parallel) and cached."""
+    do not decode, and files ``refuse`` turns down. Verdicts come from the cache where a file's
+    ``_stamp`` is unchanged; the rest are checked (in parallel) and cached."""
     if not paths:
         return []
     cache_file = _cache_file(paths)

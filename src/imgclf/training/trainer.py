@@ -31,7 +31,7 @@ from imgclf.runs import (
     atomic_path,
     holding,
     new_run_dir,
-    read_json,
+    read_manifest,
     running_elsewhere,
     write_bad_files,
     write_json,
@@ -306,7 +306,7 @@ def resume(run_dir: str | Path, echo=print) -> Path:
 def _resume(run_dir: Path, echo) -> Path:
     from imgclf.training.callbacks import CHECKPOINT_DIR, CHECKPOINT_WEIGHTS, read_checkpoint
 
-    recorded = read_json(run_dir / MANIFEST)
+    recorded = read_manifest(run_dir / MANIFEST)
     status = recorded.get("status")
     busy = running_elsewhere(recorded)
     if busy:
