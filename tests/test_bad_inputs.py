@@ -728,3 +728,8 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(tmp_path, monkey
     assert len(runs) == 1  # the first run (or trial) stopped; no other began
     assert len(pd.read_csv(runs[0] / "history.csv")) == 1  # at the first batch after the signal
     assert json.loads((runs[0] / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_the_reports_say_what_was_skipped(hostile):
+    for report in (hostile["run"] / "report.html", hostile["run"] / "eval" / "again" / "report.html"):
+        assert "Skipped 8 unreadable file(s) and 1 folder(s), e.g. " in report.read_text(encoding="utf-8")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from imgclf.data.scan import find_images, printable, unreadable_images, visible_subdirs
+from imgclf.data.scan import find_images, printable, skipped_note, unreadable_images, visible_subdirs
 from imgclf.data.sources import Split
 from imgclf.errors import ConfigError, DataError
 from imgclf.reports.build import Context, build_reports, write_reports
@@ -186,7 +186,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
         notes=[note] if note else [],
     )
     if items.bad_files:
-        ctx.notes.append(f"{len(items.bad_files)} unreadable file(s) skipped, e.g. {items.bad_files[0][0]}")
+        ctx.notes.append(skipped_note(items.bad_files))
     metrics = build_reports(out, ctx, flat=True)
     echo(_summary(items.split_name, metrics[items.split_name]))
     return out

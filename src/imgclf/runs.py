@@ -64,6 +64,15 @@ def write_bad_files(folder: Path, bad: list[tuple[str, str]]) -> Path | None:
     return Path(folder) / BAD_FILES
 
 
+def read_bad_files(folder: Path) -> list[tuple[str, str]]:
+    """What ``write_bad_files`` wrote in ``folder`` ([] when nothing was skipped)."""
+    path = Path(folder) / BAD_FILES
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [(p, r) for p, _, r in (line.partition("\t") for line in lines) if p]
+
+
 def read_json(path: str | Path):
     """A JSON file of ours; a damaged or unreadable one is a DataError (one line)."""
     try:

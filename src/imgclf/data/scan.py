@@ -57,6 +57,11 @@ def skipped_summary(bad: list[tuple[str, str]]) -> str:
     return " and ".join(parts)
 
 
+def skipped_note(bad: list[tuple[str, str]]) -> str:
+    """The report's line about a bad_files list."""
+    return f"Skipped {skipped_summary(bad)}, e.g. {bad[0][0]} ({bad[0][1]}); bad_files.txt lists them all."
+
+
 # ------------------------------------------------------------------------- cache
 def cache_dir() -> Path:
     """IMGCLF_CACHE_DIR, else $XDG_CACHE_HOME/imgclf, else ~/.cache/imgclf."""

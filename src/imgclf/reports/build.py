@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from imgclf.data.scan import skipped_note
 from imgclf.errors import ImgclfError
 from imgclf.reports.metrics import (
     confusion,
@@ -21,7 +22,7 @@ from imgclf.reports.metrics import (
     split_metrics,
 )
 from imgclf.reports.plots import plot_confusion, plot_curves, plot_image_grid, plot_roc
-from imgclf.runs import MANIFEST, atomic_path, read_json, write_json, write_text
+from imgclf.runs import MANIFEST, atomic_path, read_bad_files, read_json, write_json, write_text
 
 MISCLASSIFIED_SHOWN = 18
 
@@ -79,6 +80,9 @@ def run_context(run_dir: Path) -> Context:
     ctx = Context(class_names=read_json(run_dir / "classes.json"), title=run_dir.name,
                   config_text=config_text, cfg=cfg, image_root=manifest.get("data"))
     ctx.curves_png = run_dir / "curves.png"
+    bad = read_bad_files(run_dir)
+    if bad:
+        ctx.notes.append(skipped_note(bad))
     status = manifest.get("status")
     if status in ("failed", "interrupted"):
         ctx.notes.append(f"This run is {status}: the numbers are those of the model it saved last "
