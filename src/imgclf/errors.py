@@ -1,4 +1,10 @@
-"""Errors a user can act on: one line, exit code 2, never a traceback."""
+"""Errors a user can act on: one line, exit code 2, never a traceback; and the one way of
+suggesting what a mistyped name may have meant."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 
 class ImgclfError(Exception):
@@ -30,3 +36,15 @@ class ModelError(ImgclfError):
 
 class TrainingError(ImgclfError):
     """Training cannot produce a usable model, e.g. the loss diverged from the start."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean X?)`` for the closest of ``candidates`` to ``word``, or ``""``. A dotted
+    word (``train.epoch``) that matches no whole candidate is matched by its last part too."""
+    candidates = list(candidates)
+    match = difflib.get_close_matches(str(word), candidates, n=1, cutoff=cutoff)
+    if not match and "." in str(word):
+        tails = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        close = difflib.get_close_matches(str(word).rsplit(".", 1)[-1], list(tails), n=1, cutoff=cutoff)
+        match = [tails[close[0]]] if close else []
+    return f" (did you mean {match[0]}?)" if match else ""

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from imgclf.errors import DataError, ImgclfError
+from imgclf import interrupts
+from imgclf.errors import DataError, ImgclfError, first_line
 
 MANIFEST = "run.json"
 
@@ -119,6 +120,11 @@ def ensure_writable(parent: str | Path) -> Path:
     return parent
 
 
+def default_run_name(cfg) -> str:
+    """A run's name when ``output.name`` gives none: ``<model>-<data source>``."""
+    return cfg.output.name or f"{cfg.model.name}-{cfg.data.source}"
+
+
 def new_run_dir(parent: str | Path, name: str) -> Path:
     """Create ``parent/<YYYYmmdd-HHMMSS>-<name>``; never reuse an existing directory."""
     parent = ensure_writable(parent)
@@ -197,6 +203,23 @@ class Manifest:
 
     def save(self) -> None:
         write_json(self.path, self.data)
+
+    @contextmanager
+    def closing(self, on_interrupt=None):
+        """The close-out of every command that keeps a manifest: Ctrl-C or SIGTERM marks it
+        interrupted and calls ``on_interrupt()`` (which says how to go on), any other exception
+        marks it failed with its first line; both go on up. Success is the caller's to close."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            interrupts.acted_on()
+            self.close("interrupted")
+            if on_interrupt is not None:
+                on_interrupt()
+            raise
+        except BaseException as exc:
+            self.close("failed", error=f"{type(exc).__name__}: {first_line(exc)}")
+            raise
 
 
 @contextmanager
