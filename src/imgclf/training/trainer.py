@@ -265,9 +265,13 @@ def distribution(prep: Prepared, echo=print) -> Distribution:
     return dist
 
 
-def train(cfg: Config, out: str | None = None, echo=print) -> Path | None:
+def train(cfg: Config, out: str | None = None, echo=print, *, on_run_dir=None,
+          resume_hint: bool = True) -> Path | None:
     """Train one model as ``cfg`` says; returns the new run directory (None on a
-    multi_worker worker other than the chief, which writes no run directory)."""
+    multi_worker worker other than the chief, which writes no run directory).
+    ``on_run_dir(path)`` hears of the run directory as soon as it exists (a sweep keeps its
+    trials' directories, failed ones too); ``resume_hint=False`` leaves out the line that says
+    how to resume an interrupted run (a sweep resumes its own way)."""
     prep = prepare(cfg)
     cfg = prep.cfg
     dist = distribution(prep, echo)
@@ -282,13 +286,15 @@ def train(cfg: Config, out: str | None = None, echo=print) -> Path | None:
         echo(entered)  # phased runs say so as each phase starts
     name = cfg.output.name or f"{cfg.model.name}-{cfg.data.source}"
     run_dir = new_run_dir(out or cfg.output.dir, name) if dist.is_chief else dist.scratch_dir()
+    if on_run_dir is not None and dist.is_chief:
+        on_run_dir(run_dir)
     try:
         with holding(run_dir):
             manifest = Manifest(run_dir, "train")
             write_text(run_dir / "config.yaml", dump_yaml(cfg))
             return _guarded(run_dir, manifest, echo, lambda: _train_in(run_dir, prep, model, manifest, echo,
                                                                        entered=entered, dist=dist),
-                            own_run=dist.is_chief)
+                            own_run=dist.is_chief, resume_hint=resume_hint)
     finally:
         dist.cleanup()  # a non-chief worker's scratch directory
 
@@ -349,7 +355,8 @@ def _resume(run_dir: Path, echo) -> Path:
                     lambda: _train_in(run_dir, prep, model, manifest, echo, state, entered, dist))
 
 
-def _guarded(run_dir: Path, manifest: Manifest, echo, work, own_run: bool = True) -> Path:
+def _guarded(run_dir: Path, manifest: Manifest, echo, work, own_run: bool = True,
+             resume_hint: bool = True) -> Path:
     """``own_run``: False on a multi_worker worker other than the chief, whose ``run_dir`` is
     a scratch directory: the chief's run directory is the one to resume."""
     try:
@@ -359,7 +366,8 @@ def _guarded(run_dir: Path, manifest: Manifest, echo, work, own_run: bool = True
         manifest.close("interrupted")
         if own_run:
             echo(f"interrupted; every finished epoch is saved in {run_dir}")
-            echo(f"resume with: imgclf train --resume {run_dir}")
+            if resume_hint:
+                echo(f"resume with: imgclf train --resume {run_dir}")
         else:
             echo("interrupted; the chief's run directory holds every finished epoch")
         raise
