@@ -16,7 +16,7 @@ from imgclf.data.augment import MIXERS, augment_dataset, augmentation_layers, cu
 from imgclf.data.pipeline import make_dataset
 from imgclf.errors import ConfigError
 from imgclf.models import ModelSpec, create_model
-from imgclf.training.trainer import build_model, datasets, prepare
+from imgclf.training.setup import build_model, datasets, prepare
 
 PER_IMAGE = sorted(n for n in AUGMENT_STEPS if n not in MIXERS)
 runner = CliRunner()

@@ -166,7 +166,7 @@ def test_weights_from_a_previous_run(tmp_path):
     import keras
     import numpy as np
 
-    from imgclf.training.trainer import build_model, prepare
+    from imgclf.training.setup import build_model, prepare
 
     base = ["model.filters=[8]", "model.dense_units=8", "train.verbose=0", "train.epochs=1"]
     first = run_dir_of(train(*set_args(base), "--out", str(tmp_path)))
@@ -197,7 +197,8 @@ def test_weights_errors(weights, message):
 
 
 def test_recipe_settings_reach_the_model():
-    from imgclf.training.trainer import build_model, compile_model, prepare, steps_per_epoch
+    from imgclf.training.compiling import compile_model
+    from imgclf.training.setup import build_model, prepare, steps_per_epoch
 
     cfg = load_config(None, ["train.loss.label_smoothing=0.1", "train.optimizer.lr=0.01",
                              "data.image_size=12", "data.channels=3"])

@@ -273,7 +273,8 @@ def test_mixed_precision_with_a_gpu_builds_float16_layers_and_a_float32_output(m
     import keras
 
     from imgclf.config import load_config
-    from imgclf.training import distribute, trainer
+    from imgclf.training import distribute
+    from imgclf.training import setup as trainer
 
     monkeypatch.setattr(distribute, "gpus", lambda: ["GPU:0"])
     prep = trainer.prepare(load_config([], [*FAST, "train.mixed_precision=true", "train.jit_compile=false"]))
@@ -326,7 +327,7 @@ def test_the_multi_worker_loop_gives_what_fit_gives():
     import tensorflow as tf
 
     from imgclf.config import load_config
-    from imgclf.training import trainer
+    from imgclf.training import setup as trainer
     from imgclf.training.distribute import fit_loop
 
     recipe = [*FAST, "data.shuffle_buffer=1", "model.dropout=0", "train.class_weight={'0': 3.0, '1': 0.5}",
@@ -336,7 +337,7 @@ def test_the_multi_worker_loop_gives_what_fit_gives():
     class_weight = trainer.class_weight_map(prep)
     histories, models = [], []
     for loop in ("fit", "fit_loop"):
-        trainer._seed(prep.cfg)
+        trainer.seed_everything(prep.cfg)
         model = trainer.build_model(prep)
         trainer.enter_phase(model, prep, 2)
         kwargs = dict(validation_data=data["val"], epochs=3, callbacks=[StopAfter(2)], verbose=0,

@@ -207,7 +207,7 @@ def test_a_pattern_matches_the_nested_backbone_by_its_name():
     """The large models nest their backbone as a model named `backbone`, whose variables'
     paths do not hold that name: `{"backbone": 0}` must still freeze all of it."""
     from imgclf.config import load_config
-    from imgclf.training.trainer import compile_model
+    from imgclf.training.compiling import compile_model
 
     keras.utils.set_random_seed(0)
     inner_in = keras.Input((3,))

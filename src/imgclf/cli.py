@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from contextlib import contextmanager
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import typer
 
+from imgclf import interrupts
 from imgclf._tf import import_tensorflow
-from imgclf.errors import ImgclfError
+from imgclf.errors import ConfigError, ImgclfError, ModelError
 from imgclf.runs import ensure_writable
 
 app = typer.Typer(
@@ -21,11 +23,18 @@ app = typer.Typer(
 )
 
 
+def _load(module: str, tensorflow: bool = True, setup=None):
+    """``imgclf.<module>``, imported when a command needs it (with TensorFlow first, imported
+    quietly, and ``setup`` run right after it): the command line's one lazy import, so that
+    `imgclf --help` and a bad config never wait for TensorFlow, pydantic or matplotlib."""
+    if tensorflow:
+        import_tensorflow(setup)
+    return importlib.import_module(f"imgclf.{module}")
+
+
 def _terminate_like_ctrl_c() -> None:
     """SIGTERM ends a run the way Ctrl-C does: the run is marked interrupted, and what finished
     (history, the best model, the checkpoint) stays (imgclf.interrupts)."""
-    from imgclf import interrupts
-
     interrupts.install()
 
 
@@ -60,31 +69,26 @@ def train(
     ),
 ) -> None:
     """Train a model; the last line printed is the run directory."""
-    from imgclf.config import load_config
-
     _terminate_like_ctrl_c()
     with _handled():
         if resume is not None:
             if config or set_ or out is not None:
                 raise ImgclfError("--resume takes the run's own config.yaml; it cannot be combined "
                                   "with --config, --set or --out")
-            import_tensorflow()
-            from imgclf.training.trainer import resume as resume_training
-
-            run_dir = resume_training(resume, echo=typer.echo)
+            run_dir = _load("training.trainer").resume(resume, echo=typer.echo)
         else:
-            cfg = load_config(config, set_)  # config errors come before TensorFlow's slow import
+            # config errors come before TensorFlow's slow import
+            cfg = _load("config", tensorflow=False).load_config(config, set_)
             ensure_writable(out or cfg.output.dir)
             setup = None
             if cfg.train.strategy == "multi_worker":
-                from imgclf.training.distribute import start_multi_worker, tf_config
+                # a missing or malformed TF_CONFIG is one line, before the import
+                _load("training.cluster", tensorflow=False).tf_config()
 
-                tf_config()  # a missing or malformed TF_CONFIG is one line, before the import
-                setup = start_multi_worker
-            import_tensorflow(setup)
-            from imgclf.training.trainer import train as run_training
-
-            run_dir = run_training(cfg, out=str(out) if out else None, echo=typer.echo)
+                def setup():
+                    _load("training.distribute", tensorflow=False).start_multi_worker()
+            trainer = _load("training.trainer", setup=setup)
+            run_dir = trainer.train(cfg, out=str(out) if out else None, echo=typer.echo)
     if run_dir is not None:  # None: a multi_worker worker other than the chief, which writes no run
         typer.echo(str(run_dir))
 
@@ -111,8 +115,7 @@ def tune(
 ) -> None:
     """Hyperparameter search (KerasTuner) over tune.space; the last line printed is the tune
     directory (trials.csv, best_config.yaml, tune.png)."""
-    from imgclf.config import load_config
-
+    load_config = _load("config", tensorflow=False).load_config
     _terminate_like_ctrl_c()
     with _handled():
         more_trials = _resume_overrides(set_) if resume is not None else None
@@ -125,10 +128,7 @@ def tune(
             if config or set_ or out is not None or resume is not None:
                 raise ImgclfError("--worker reads the chief's TUNE_DIR/config.yaml; it cannot be combined "
                                   "with --config, --set, --out or --resume")
-            import_tensorflow()
-            from imgclf.tuning import worker as run_worker
-
-            tune_dir = run_worker(str(directory), worker, chief, echo=typer.echo)
+            tune_dir = _load("tune").worker(str(directory), worker, chief, echo=typer.echo)
         elif chief is not None:
             if resume is None and directory is None:
                 raise ImgclfError("--chief needs --dir TUNE_DIR (the directory its workers share), or "
@@ -136,35 +136,25 @@ def tune(
             if out is not None:
                 raise ImgclfError("--chief takes --dir TUNE_DIR, the exact directory, not --out")
             cfg = load_config(config, set_) if resume is None else None
-            import_tensorflow()
-            from imgclf.tuning import chief as run_chief
-
-            tune_dir = run_chief(cfg, chief, directory=str(directory) if directory else None,
-                                 resume_dir=str(resume) if resume else None, max_trials=more_trials,
-                                 echo=typer.echo)
+            tune_dir = _load("tune").chief(cfg, chief, directory=str(directory) if directory else None,
+                                           resume_dir=str(resume) if resume else None,
+                                           max_trials=more_trials, echo=typer.echo)
         elif resume is not None:
-            import_tensorflow()
-            from imgclf.tuning import resume as resume_search
-
-            tune_dir = resume_search(resume, max_trials=more_trials, echo=typer.echo)
+            tune_dir = _load("tune").resume(resume, max_trials=more_trials, echo=typer.echo)
         else:
             if out is not None and directory is not None:
                 raise ImgclfError("give --out (a parent folder) or --dir (the exact directory), not both")
             cfg = load_config(config, set_)
             ensure_writable(directory.parent if directory else out or cfg.output.dir)
-            import_tensorflow()
-            from imgclf.tuning import tune as run_tune
-
-            tune_dir = run_tune(cfg, out=str(out) if out else None,
-                                directory=str(directory) if directory else None, echo=typer.echo)
+            tune_dir = _load("tune").tune(cfg, out=str(out) if out else None,
+                                          directory=str(directory) if directory else None, echo=typer.echo)
     typer.echo(str(tune_dir))
 
 
 def _resume_overrides(items: list[str]) -> int | None:
     """--resume takes one override, tune.max_trials (more trials for a search)."""
-    from imgclf.config import TuneConfig, parse_override
-    from imgclf.errors import ConfigError
-
+    config = _load("config", tensorflow=False)
+    parse_override, TuneConfig = config.parse_override, config.TuneConfig
     max_trials = None
     for item in items:
         parts, value = parse_override(item)
@@ -187,16 +177,12 @@ def lr_find(
     steps: int = typer.Option(200, "--steps", help="Training steps over the range."),
 ) -> None:
     """Learning-rate range test: writes lr_find.csv/.png and prints a suggested rate."""
-    from imgclf.config import load_config
-
     _terminate_like_ctrl_c()
     with _handled():
-        cfg = load_config(config, set_)
-        import_tensorflow()
-        from imgclf.training.lr_find import lr_find as run_lr_find
-
-        run_dir, _ = run_lr_find(cfg, out=str(out) if out else None, start_lr=start_lr, end_lr=end_lr,
-                                 steps=steps, echo=typer.echo)
+        cfg = _load("config", tensorflow=False).load_config(config, set_)
+        run_dir, _ = _load("training.lr_find").lr_find(cfg, out=str(out) if out else None, start_lr=start_lr,
+                                                       end_lr=end_lr,
+                                                       steps=steps, echo=typer.echo)
     typer.echo(str(run_dir))
 
 
@@ -204,17 +190,14 @@ def lr_find(
 def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'efficientnet*'.")) -> None:
     """List the model registry: family, default input size, backbone parameters (the head
     depends on the class count and is not counted), and whether ImageNet weights exist."""
-    import_tensorflow()
-    from imgclf.errors import ModelError
-    from imgclf.models.registry import get_entry, list_models
-
-    names = list_models(pattern)
+    zoo = _load("models")
+    names = zoo.list_models(pattern)
     if not names:
         with _handled():
             raise ModelError(f"no model matches {pattern!r}; `imgclf models` lists them all")
     width = max(len(n) for n in names + ["name"])
     typer.echo(f"{'name':<{width}}  {'family':<12} {'input':<9} {'params':>11}  {'imagenet':<8}  description")
-    for e in (get_entry(n) for n in names):
+    for e in (zoo.get_entry(n) for n in names):
         size = f"{e.default_size[0]}x{e.default_size[1]}" if e.default_size else "any"
         params = f"{e.params:,}" if e.params is not None else "by config"
         net = "yes" if e.pretrained else "no"
@@ -227,10 +210,9 @@ def show_config(
     set_: list[str] = typer.Option([], "--set", "-s", help="Override a key: section.key=value."),
 ) -> None:
     """Print the fully resolved config (defaults + file + overrides) and exit."""
-    from imgclf.config import dump_yaml, load_config
-
     with _handled():
-        typer.echo(dump_yaml(load_config(config, set_)), nl=False)
+        configs = _load("config", tensorflow=False)
+        typer.echo(configs.dump_yaml(configs.load_config(config, set_)), nl=False)
 
 
 UNSAFE_HELP = ("Load a model.keras that holds Python code (a Lambda layer): it runs as the file "
@@ -261,16 +243,15 @@ def evaluate(
         if not ensemble and len(run_dirs) != 1:
             raise ImgclfError(f"evaluate takes one run directory (or --ensemble with several). "
                               f"Received: {len(run_dirs)}")
-        import_tensorflow()
-        from imgclf.evaluate import evaluate_ensemble, evaluate_run
-
+        jobs = _load("evaluate")
         data_arg = str(data) if data else None
         if ensemble:
-            written = evaluate_ensemble(run_dirs, data=data_arg, split=split, tta=tta,
-                                        out=str(out) if out else None, unsafe=unsafe, echo=typer.echo)
+            written = jobs.evaluate_ensemble(run_dirs, data=data_arg, split=split, tta=tta,
+                                             out=str(out) if out else None, unsafe=unsafe,
+                                             echo=typer.echo)
         else:
-            written = evaluate_run(run_dirs[0], data=data_arg, split=split, tta=tta, name=name,
-                                   unsafe=unsafe, echo=typer.echo)
+            written = jobs.evaluate_run(run_dirs[0], data=data_arg, split=split, tta=tta, name=name,
+                                        unsafe=unsafe, echo=typer.echo)
     typer.echo(str(written))
 
 
@@ -289,10 +270,7 @@ def predict(
     """Top-k classes for every image, one row per file in sorted order; a file that does not
     decode gets a row with its error."""
     with _handled():
-        import_tensorflow()
-        from imgclf.predict import predict as run_predict
-        from imgclf.predict import summary_line
-
+        jobs = _load("predict")
         bars = []  # made once the work starts, so a bad argument prints only its error
 
         def progress(done: int, total: int) -> None:
@@ -305,12 +283,12 @@ def predict(
             typer.echo(text, err=True)
 
         try:
-            summary = run_predict(model, input_path, top_k=top_k, output=output, batch_size=batch_size,
+            summary = jobs.predict(model, input_path, top_k=top_k, output=output, batch_size=batch_size,
                                   tta=tta, unsafe=unsafe, warn=warn, progress=progress)
         finally:
             if bars:
                 bars[0].__exit__(None, None, None)
-    typer.echo(summary_line(summary), err=True)
+    typer.echo(jobs.summary_line(summary), err=True)
     if summary.failed == summary.total:  # nothing predicted: a script must not take it for success
         raise typer.Exit(1)
 
@@ -324,10 +302,9 @@ def compare(
     plot: Path | None = typer.Option(None, "--plot", help="PNG overlay of the validation curves."),
 ) -> None:
     """One table of runs: model, parameters, epochs, time, val/test accuracy, loss, macro F1."""
-    from imgclf.compare import compare as run_compare
-
     with _handled():
-        text = run_compare(run_dirs, sort=sort, fmt=fmt, plot=str(plot) if plot else None,
+        text = _load("compare", tensorflow=False).compare(run_dirs, sort=sort, fmt=fmt,
+                                                          plot=str(plot) if plot else None,
                            warn=lambda t: typer.echo(t, err=True))
     typer.echo(text, nl=False)
     if plot:
@@ -346,10 +323,8 @@ def inspect_data(
 ) -> None:
     """Class counts and imbalance, image sizes and modes, unreadable files, sample grids."""
     with _handled():
-        import_tensorflow()
-        from imgclf.inspect import inspect as run_inspect
-
-        run_inspect(target, augment=augment, grid=grid, per_class=per_class, echo=typer.echo)
+        _load("inspect").inspect(target, augment=augment, grid=grid, per_class=per_class,
+                                 echo=typer.echo)
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ never read as a result.
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import math
 from pathlib import Path
@@ -16,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from imgclf.errors import ConfigError, DataError
+from imgclf.errors import ConfigError, DataError, did_you_mean
+from imgclf.reports.plots import plot_val_curves
 from imgclf.runs import MANIFEST, ensure_writable, live_status, read_json, read_manifest
 
 COLUMNS = ["run", "status", "model", "params", "epochs", "best_epoch", "train_time_s",
@@ -96,8 +96,7 @@ def sort_rows(table: pd.DataFrame, key: str | None) -> pd.DataFrame:
     if key is None:
         return table
     if key not in COLUMNS:
-        hint = difflib.get_close_matches(key, COLUMNS, n=1)
-        more = f" (did you mean {hint[0]}?)" if hint else f" (known: {', '.join(COLUMNS)})"
+        more = did_you_mean(key, COLUMNS) or f" (known: {', '.join(COLUMNS)})"
         raise ConfigError(f"Unknown `--sort` column. Received: sort={key}{more}")
     return table.sort_values(key, ascending=key in ASCENDING, na_position="last", kind="stable")
 
@@ -161,7 +160,5 @@ def compare(paths: list, *, sort: str | None = None, fmt: str = "table", plot: s
     for w in warnings:
         warn(w)
     if plot is not None:
-        from imgclf.reports.plots import plot_val_curves
-
         plot_val_curves({r: histories[r] for r in table["run"] if r in histories}, Path(plot))
     return render(table, fmt)

@@ -190,3 +190,21 @@ def plot_trials(trials: pd.DataFrame, keys: list[str], objective: str, direction
     if title:
         fig.suptitle(title)
     _save(fig, path)
+
+
+def plot_lr_find(df: pd.DataFrame, suggestion: float | None, path: Path) -> None:
+    """The learning-rate range test: the loss per step and smoothed, against the rate."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(df["lr"], df["loss"], color="0.75", lw=0.8, label="loss per step")
+    ax.plot(df["lr"], df["smoothed_loss"], color="C0", lw=2, label="smoothed")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="C3", ls="--", label=f"suggested {suggestion:.3g}")
+    ax.set_xscale("log")
+    low, high = df["smoothed_loss"].min(), df["smoothed_loss"].iloc[: max(len(df) // 10, 1)].max()
+    ax.set_ylim(low - 0.05 * abs(low), max(high, low) * 1.5 + 1e-9)
+    ax.set(xlabel="learning rate (log scale)", ylabel="training loss", title="learning-rate range test")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)

@@ -15,15 +15,20 @@ whole batch.
 
 from __future__ import annotations
 
-import json
-import os
+import functools
 import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import keras
+import numpy as np
+import tensorflow as tf
+
 from imgclf.errors import ConfigError
+from imgclf.runs import new_run_dir
+from imgclf.training.cluster import tf_config
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
@@ -65,34 +70,24 @@ class Distribution:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.scratch = None
 
+    def run_dir(self, parent: str | Path, name: str) -> Path:
+        """The chief's new run directory, or a non-chief worker's scratch directory."""
+        return new_run_dir(parent, name) if self.is_chief else self.scratch_dir()
+
+    def fit_function(self, model):
+        """``model.fit``, or `fit_loop` with the same arguments where Keras' fit does not run."""
+        if self.kind != "multi_worker":
+            return model.fit
+        return functools.partial(fit_loop, model, self.strategy)
+
+    def worker_done(self, echo) -> None:
+        """A non-chief worker's end: it waits until the chief has written the run."""
+        barrier(self)
+        echo(f"worker {self.worker}: training done; the chief writes the run directory")
+
 
 def gpus() -> list:
-    import tensorflow as tf
-
     return tf.config.list_physical_devices("GPU")
-
-
-def tf_config() -> dict:
-    """TF_CONFIG, checked: {"cluster": {"worker": [host:port, ...], ["chief": [...]]},
-    "task": {"type": "worker"|"chief", "index": i}}."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        raise ConfigError("train.strategy=multi_worker reads the cluster from the TF_CONFIG environment "
-                          "variable, which is not set (README: Several machines)")
-    try:
-        conf = json.loads(raw)
-        cluster, task = conf["cluster"], conf["task"]
-        kind, index = task["type"], task["index"]
-        members = cluster[kind]
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(members):
-            raise ValueError
-        if not all(isinstance(cluster[k], list) for k in cluster) or kind not in ("worker", "chief"):
-            raise ValueError
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError('TF_CONFIG must be JSON like {"cluster": {"worker": ["host1:port", '
-                          '"host2:port"]}, "task": {"type": "worker", "index": 0}}. '
-                          f"Received: TF_CONFIG={raw[:300]}") from None
-    return conf
 
 
 _MULTI_WORKER: list = []  # the process's one MultiWorkerMirroredStrategy, made at start
@@ -102,8 +97,6 @@ def start_multi_worker():
     """Make the MultiWorkerMirroredStrategy (TF_CONFIG's cluster): TensorFlow accepts it only
     before its first op, so `imgclf train` calls this right after importing TensorFlow. It
     waits until every worker has started."""
-    import tensorflow as tf
-
     if not _MULTI_WORKER:
         tf_config()
         try:
@@ -119,8 +112,6 @@ def make_distribution(name: str) -> Distribution:
     """The strategy ``train.strategy`` names. auto: mirrored over the GPUs when more than one
     is visible, else one_device (TensorFlow's default placement: the first GPU, else the CPU).
     mirrored: every visible GPU, else every logical CPU device."""
-    import tensorflow as tf
-
     if name not in STRATEGIES:
         raise ConfigError(f"Unknown `train.strategy`. Received: strategy={name} "
                           f"(known: {', '.join(STRATEGIES)})")
@@ -146,8 +137,6 @@ def make_distribution(name: str) -> Distribution:
 def barrier(dist: Distribution) -> None:
     """Every worker waits here until all have come: the chief after writing the run, the
     others after training, so none exits while another still runs."""
-    import tensorflow as tf
-
     if dist.kind != "multi_worker":
         return
 
@@ -178,7 +167,6 @@ def mixed_policy(mixed_precision: bool | str) -> str | None:
 def dtype_policy(name: str | None):
     """Keras' global dtype policy set to ``name`` while layers are made, then restored: a
     model keeps the policy it was built with (and saves it in model.keras)."""
-    import keras
 
     if name is None:
         yield
@@ -193,8 +181,6 @@ def dtype_policy(name: str | None):
 
 # ----------------------------------------------------------------- multi-worker loop
 def _distributed(strategy, dataset):
-    import tensorflow as tf
-
     options = tf.data.Options()
     # every worker reads the whole (seeded, identically shuffled) data and keeps its share of
     # each global batch: no files to split, and the same batches as on one device
@@ -210,10 +196,6 @@ def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, e
     Loss and accuracy follow ``fit``'s definitions: the epoch's loss is the mean of the batch
     losses (class-weighted, as the gradient) weighted by batch size; accuracy counts every
     image alike (Keras weighs only ``weighted_metrics``, and we compile ``metrics``)."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
     del shuffle  # the pipeline shuffles, with the seed
     replicas = float(strategy.num_replicas_in_sync)
     weights = None

@@ -15,7 +15,17 @@ import pandas as pd
 
 from imgclf.config import Config
 from imgclf.errors import ConfigError
-from imgclf.runs import Manifest, atomic_path, new_run_dir, write_json
+from imgclf.reports.plots import plot_lr_find
+from imgclf.runs import Manifest, atomic_path, default_run_name, new_run_dir, write_json
+from imgclf.training.compiling import compile_model
+from imgclf.training.setup import (
+    build_model,
+    class_weight_map,
+    datasets,
+    prepare,
+    seed_everything,
+    steps_per_epoch,
+)
 
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
@@ -42,37 +52,26 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> float | None:
 
 def lr_find(cfg: Config, out: str | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
             steps: int = 200, echo=print) -> tuple[Path, float | None]:
-    from imgclf.training import trainer
-
     if not 0 < start_lr < end_lr:
         raise ConfigError(f"lr-find: need 0 < --start-lr < --end-lr, got {start_lr:g} and {end_lr:g}")
     if steps < 10:
         raise ConfigError(f"lr-find: --steps must be at least 10, got {steps}")
-    prep = trainer.prepare(cfg)
+    prep = prepare(cfg)
     cfg = prep.cfg
-    trainer._seed(cfg)
-    model = trainer.build_model(prep)
+    seed_everything(cfg)
+    model = build_model(prep)
     const = cfg.train.model_copy(deep=True)
     const.schedule = type(const.schedule)()  # constant: the test drives the rate itself
-    trainer.compile_model(model, const, trainer.steps_per_epoch(prep))
-    name = cfg.output.name or f"{cfg.model.name}-{cfg.data.source}"
-    run_dir = new_run_dir(out or cfg.output.dir, f"lr-find-{name}")
+    compile_model(model, const, steps_per_epoch(prep))
+    run_dir = new_run_dir(out or cfg.output.dir, f"lr-find-{default_run_name(cfg)}")
     manifest = Manifest(run_dir, "lr-find")
-    try:
+    with manifest.closing():
         return run_dir, _run(run_dir, prep, model, start_lr, end_lr, steps, manifest, echo)
-    except KeyboardInterrupt:
-        manifest.close("interrupted")
-        raise
-    except BaseException as exc:
-        manifest.close("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
 
 
 def _run(run_dir, prep, model, start_lr, end_lr, steps, manifest, echo) -> float | None:
-    from imgclf.training import trainer
-
-    data = trainer.datasets(prep)["train"]
-    class_weight = trainer.class_weight_map(prep)
+    data = datasets(prep)["train"]
+    class_weight = class_weight_map(prep)
     rates = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
     rows, avg, best = [], 0.0, np.inf
     echo(f"lr-find: {steps} steps from {start_lr:g} to {end_lr:g} on {len(prep.bundle.splits['train'])} "
@@ -91,7 +90,7 @@ def _run(run_dir, prep, model, start_lr, end_lr, steps, manifest, echo) -> float
     suggestion = suggest(finite["lr"].to_numpy(), finite["smoothed_loss"].to_numpy())
     with atomic_path(run_dir / "lr_find.csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.8g")
-    _plot(finite, suggestion, run_dir / "lr_find.png")
+    plot_lr_find(finite, suggestion, run_dir / "lr_find.png")
     write_json(run_dir / "lr_find.json", {"suggested_lr": suggestion, "steps": len(df),
                                           "start_lr": start_lr, "end_lr": end_lr})
     manifest.close("finished", suggested_lr=suggestion)
@@ -103,25 +102,3 @@ def _run(run_dir, prep, model, start_lr, end_lr, steps, manifest, echo) -> float
         echo(f"suggested lr: {suggestion:.3g} (steepest fall of the smoothed loss)")
         echo(f"  --set train.optimizer.lr={suggestion:.3g}")
     return suggestion
-
-
-def _plot(df: pd.DataFrame, suggestion: float | None, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.plot(df["lr"], df["loss"], color="0.75", lw=0.8, label="loss per step")
-    ax.plot(df["lr"], df["smoothed_loss"], color="C0", lw=2, label="smoothed")
-    if suggestion is not None:
-        ax.axvline(suggestion, color="C3", ls="--", label=f"suggested {suggestion:.3g}")
-    ax.set_xscale("log")
-    low, high = df["smoothed_loss"].min(), df["smoothed_loss"].iloc[: max(len(df) // 10, 1)].max()
-    ax.set_ylim(low - 0.05 * abs(low), max(high, low) * 1.5 + 1e-9)
-    ax.set(xlabel="learning rate (log scale)", ylabel="training loss", title="learning-rate range test")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)

@@ -1,4 +1,4 @@
-"""Two-phase transfer learning (`train.phases`), on top of the trainer's compile and fit.
+"""Two-phase transfer learning (`train.phases`), on top of compiling.py and the epoch loop.
 
 Phase 1 (``head_epochs`` epochs) trains the new head on a frozen backbone at ``head_lr``,
 with a constant rate. Phase 2 (the rest of ``train.epochs``) unfreezes the last
@@ -14,8 +14,12 @@ statistics never change); with ``model.weights`` set the backbone is also called
 
 from __future__ import annotations
 
+import keras
+
 from imgclf.config import ScheduleConfig, TrainConfig
 from imgclf.errors import ConfigError
+from imgclf.models.backbone import backbone_blocks, backbone_layers, nested_backbone
+from imgclf.training.compiling import compile_model
 
 
 def is_phased(t: TrainConfig) -> bool:
@@ -34,15 +38,11 @@ def phase_after(t: TrainConfig, epochs_done: int) -> int:
 
 
 def _is_batch_norm(layer) -> bool:
-    import keras
-
     return isinstance(layer, keras.layers.BatchNormalization)
 
 
 def unfrozen_layers(model, t: TrainConfig, block_pattern: str) -> tuple[list, str]:
     """The backbone layers phase 2 trains, and a description of them for the log."""
-    from imgclf.models.backbone import backbone_blocks, backbone_layers
-
     p = t.phases
     layers = backbone_layers(model)
     if p.unfreeze == "all":
@@ -70,8 +70,6 @@ def unfrozen_layers(model, t: TrainConfig, block_pattern: str) -> tuple[list, st
 def set_trainable(model, t: TrainConfig, phase: int, block_pattern: str) -> str:
     """Freeze and unfreeze the backbone for ``phase``; returns what is trained, for the log.
     The head (``head_*``, ``predictions``) is always trained."""
-    from imgclf.models.backbone import backbone_layers, nested_backbone
-
     layers = backbone_layers(model)
     if not is_partial(t):
         return "all layers"
@@ -96,8 +94,6 @@ def set_trainable(model, t: TrainConfig, phase: int, block_pattern: str) -> str:
 def compile_phase(model, t: TrainConfig, steps: int, phase: int) -> None:
     """Phase 1: train.optimizer at phases.head_lr, constant. Phase 2 (or a run without
     phases): train.optimizer and train.schedule as configured, over the epochs left."""
-    from imgclf.training.trainer import compile_model
-
     if phase == 1:
         head = t.model_copy(deep=True)
         head.optimizer.lr = t.phases.head_lr
