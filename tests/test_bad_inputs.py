@@ -231,7 +231,7 @@ def test_bad_input(hostile, case, file, outcome, reason):
         # and it decodes to the right pixels, the way training reads it
         import tensorflow as tf
 
-        from imgclf.data.pipeline import decode_file, decode_image
+        from imgclf.data.decode import decode_file, decode_image
 
         want = hostile["expect"].get(file)
         if file.endswith("huge.jpg"):

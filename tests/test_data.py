@@ -248,7 +248,7 @@ def test_shrinking_averages_and_growing_interpolates():
     grey, not a moire of black and white); grown ones are interpolated."""
     import tensorflow as tf
 
-    from imgclf.data.pipeline import resize_image
+    from imgclf.data.decode import resize_image
 
     stripes = np.zeros((32, 32, 3), np.float32)
     stripes[:, ::2] = 255.0

@@ -1,7 +1,7 @@
 """The tf.data input pipeline: decode, resize, channel conversion, cache, shuffle, batch.
 
 Images leave the pipeline as float32 in 0..255 (every model rescales inside itself) with
-one-hot float32 labels. Per-image work (decode, resize) runs in parallel before the cache and
+one-hot float32 labels. Per-image work (decode, resize: data/decode.py) runs in parallel before the cache and
 is stored as uint8; per-batch work (cast, channel conversion, one-hot) runs after batching.
 Training augmentation in the pipeline (imgclf.data.augment) runs after that, on batches,
 after the cache, so every epoch sees fresh draws.
@@ -14,39 +14,11 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from imgclf.config import AugmentStep
-from imgclf.data.sources import Split
+from imgclf.data.augment import augment_dataset
+from imgclf.data.bundle import Split
+from imgclf.data.decode import decode_image
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def decode_file(path: tf.Tensor) -> tf.Tensor:
-    """Read one JPEG/PNG/GIF/BMP file as a uint8 RGB image (a GIF's first frame)."""
-    raw = tf.io.read_file(path)
-    img = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
-    img.set_shape([None, None, 3])
-    return img
-
-
-def resize_image(img: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """``img`` at ``size`` (float32), alias-free at little more than plain bilinear's cost:
-    plain bilinear while no side shrinks more than 2x (its 2x2 taps still reach every source
-    pixel); past that, area averaging where both sides shrink, antialiased bilinear (twice as
-    slow on 224 px photos) where one side grows."""
-    hw = tf.shape(img)[:2]
-    target = tf.constant(size, tf.int32)
-    shrinks = tf.reduce_all(hw >= target)
-    far = tf.reduce_any(hw > 2 * target)
-    return tf.case(
-        [(tf.logical_not(far), lambda: tf.image.resize(img, size, method="bilinear")),
-         (shrinks, lambda: tf.image.resize(img, size, method="area"))],
-        default=lambda: tf.image.resize(img, size, method="bilinear", antialias=True),
-    )
-
-
-def decode_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """Read one image file as a uint8 RGB image of ``size``."""
-    img = resize_image(decode_file(path), size)
-    return tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
 
 
 def _to_channels(images: tf.Tensor, have: int, want: int) -> tf.Tensor:
@@ -105,7 +77,5 @@ def make_dataset(
 
     ds = ds.map(per_batch, num_parallel_calls=AUTOTUNE)
     if augment:
-        from imgclf.data.augment import augment_dataset
-
         ds = augment_dataset(ds, augment, seed)
     return ds.prefetch(AUTOTUNE)

@@ -10,6 +10,7 @@ only the files that changed.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import os
 import re
@@ -17,6 +18,11 @@ import struct
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+
+from PIL import Image
+
+from imgclf._tf import import_tensorflow
+from imgclf.runs import write_json
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 # larger images are skipped unread: a few MB of PNG can hold a 50,000 x 50,000 image (7.5 GB
@@ -92,8 +98,6 @@ def _stamp(path: Path) -> list | None:
 def _judge() -> dict:
     """What the verdicts depend on besides the file: a cache made under another limit or
     another TensorFlow decoder is not used."""
-    import importlib.metadata as md
-
     try:
         tf_version = md.version("tensorflow")
     except md.PackageNotFoundError:
@@ -113,8 +117,6 @@ def _read_cache(file: Path) -> dict:
 
 
 def _write_cache(file: Path, entries: dict) -> None:
-    from imgclf.runs import write_json
-
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         write_json(file, {"judge": _judge(), "files": entries})
@@ -252,8 +254,6 @@ def _jpeg_size(fh) -> tuple[int, int]:
 def open_quietly(path, check_size: bool = True):
     """PIL's Image.open without its DecompressionBombWarning (MAX_PIXELS is the judge here);
     ``check_size=False`` opens any size, to read the header alone."""
-    from PIL import Image
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         old = Image.MAX_IMAGE_PIXELS
@@ -266,6 +266,15 @@ def open_quietly(path, check_size: bool = True):
             Image.MAX_IMAGE_PIXELS = old
 
 
+def _decoder():
+    """TensorFlow and the pipeline's own decoder (data/decode.py), imported on first need:
+    finding files, the cache and the array sources run without TensorFlow."""
+    tf = import_tensorflow()  # quietly, before data/decode.py imports it plainly
+    from imgclf.data.decode import decode_file  # the one import kept in a function, for the above
+
+    return tf, decode_file
+
+
 def check_images(paths: list[Path]) -> dict[Path, str | None]:
     """{path: None if it decodes, else why not}, every file decoded by TensorFlow in parallel
     (tf.data); the few that fail are decoded once more on their own to learn why."""
@@ -275,11 +284,7 @@ def check_images(paths: list[Path]) -> dict[Path, str | None]:
     todo = [p for p in paths if out[p] is None]
     if not todo:
         return out
-    from imgclf._tf import import_tensorflow
-
-    tf = import_tensorflow()
-    from imgclf.data.pipeline import decode_file
-
+    tf, decode_file = _decoder()
     names = tf.constant([str(p) for p in todo])
     ds = tf.data.Dataset.from_tensor_slices((tf.range(len(todo)), names))
     ds = ds.map(lambda i, p: (i, tf.shape(decode_file(p))[0]),
@@ -294,11 +299,7 @@ def check_images(paths: list[Path]) -> dict[Path, str | None]:
 
 def why_unreadable(path: Path) -> str:
     """Why ``path`` does not decode, in one short line (re-decoded eagerly, one file)."""
-    from imgclf._tf import import_tensorflow
-
-    tf = import_tensorflow()
-    from imgclf.data.pipeline import decode_file
-
+    tf, decode_file = _decoder()
     try:
         if path.stat().st_size == 0:
             return "empty file"

@@ -9,56 +9,19 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from sklearn.datasets import load_digits
 
 from imgclf.config import DataConfig
+from imgclf.data.bundle import DataBundle, Split
 from imgclf.data.scan import find_images, printable, unreadable_images, visible_subdirs
 from imgclf.data.splits import split_indices
 from imgclf.errors import ConfigError, DataError
 
 DEFAULT_IDX_PATH = "/usr/share/datasets/fashion-mnist"
 SPLIT_NAMES = ("train", "val", "test")
-
-
-@dataclass
-class Split:
-    y: np.ndarray  # int labels
-    ids: list  # what predictions.csv calls each item: a relative path or an index
-    x: np.ndarray | None = None  # uint8 (N, H, W, C) for array sources
-    files: list[str] | None = None  # absolute paths for the folder source
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, idx: np.ndarray) -> Split:
-        return Split(
-            y=self.y[idx],
-            ids=[self.ids[i] for i in idx],
-            x=None if self.x is None else self.x[idx],
-            files=None if self.files is None else [self.files[i] for i in idx],
-        )
-
-
-@dataclass
-class DataBundle:
-    class_names: list[str]
-    splits: dict[str, Split]
-    channels: int  # the data's own channel count
-    image_size: tuple[int, int] | None  # the arrays' own size; None for folders (they vary)
-    kind: str  # "arrays" or "files"
-    id_column: str  # "index" or "file"
-    bad_files: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def summary(self) -> str:
-        parts = [f"{name} {len(s)}" for name, s in self.splits.items()]
-        return f"{self.num_classes} classes; " + ", ".join(parts)
 
 
 # ------------------------------------------------------------------------ helpers
@@ -137,8 +100,6 @@ def _need_two_classes(num: int, what: str) -> None:
 
 # ------------------------------------------------------------------------ sources
 def load_digits_source(cfg: DataConfig, seed: int) -> DataBundle:
-    from sklearn.datasets import load_digits
-
     digits = load_digits()
     x = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     return _array_bundle(cfg, seed, x, digits.target, what="digits")

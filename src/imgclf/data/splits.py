@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 from imgclf.errors import ConfigError, DataError
 
 
 def _stratified(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str):
-    from sklearn.model_selection import train_test_split
-
     try:
         keep, held = train_test_split(
             idx, test_size=fraction, random_state=seed, stratify=y[idx], shuffle=True

@@ -5,17 +5,18 @@
 
 `create_model` raises ModelError("Unknown model ...") with the nearest names, and
 `list_models("res*")` filters with shell-style wildcards; tests parametrize over it.
+This module holds the registry alone; models/__init__.py imports the family modules, whose
+decorators fill it, so every import of imgclf.models (or of a module in it) sees them all.
 """
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from imgclf.config import AugmentStep, ModelConfig
-from imgclf.errors import ModelError
+from imgclf.errors import ModelError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -67,23 +68,15 @@ def register_model(family: str, **fields):
     return wrap
 
 
-def _load_families() -> None:
-    # importing the family modules runs their @register_model decorators
-    from imgclf.models import cnn, efficientnet, inception, mlp, mobilenet, resnet, vgg  # noqa: F401
-
-
 def list_models(pattern: str = "*") -> list[str]:
-    _load_families()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def get_entry(name: str) -> ModelEntry:
-    _load_families()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
         raise ModelError(
-            f"Unknown model {name!r}{hint}; `imgclf models` lists them. Received: model.name={name}"
+            f"Unknown model {name!r}{did_you_mean(name, _REGISTRY)}; `imgclf models` lists them. "
+            f"Received: model.name={name}"
         )
     return _REGISTRY[name]
 

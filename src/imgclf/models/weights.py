@@ -15,7 +15,10 @@ import os
 import warnings
 from pathlib import Path
 
+import keras
+
 from imgclf.errors import ConfigError, ModelError, first_line
+from imgclf.models.backbone import is_head, nested_backbone
 from imgclf.models.registry import ModelEntry
 
 
@@ -31,8 +34,6 @@ def keras_cache_dir() -> Path:
 
 
 def _download(fname: str, url: str, cache_dir: Path) -> None:
-    import keras
-
     keras.utils.get_file(fname, url, cache_dir=str(cache_dir.parent), cache_subdir=cache_dir.name)
 
 
@@ -98,8 +99,6 @@ def load_weights(model, weights: str) -> None:
 
 
 def _load_weights_file(model, path: Path, weights: str) -> None:
-    from imgclf.models.backbone import nested_backbone
-
     errors = []
     nested = nested_backbone(model)
     targets = ([nested] if nested is not None else []) + [model]
@@ -118,8 +117,6 @@ def transfer_backbone(source, target, weights: str = "") -> int:
     """Copy every backbone layer's weights from ``source`` into the same-named layer of
     ``target``; the head (``head_*``, ``predictions``) is left as built. Returns the number
     of layers copied; a same-named layer whose shapes differ is an error."""
-    from imgclf.models.backbone import is_head
-
     by_name = {layer.name: layer for layer in source.layers}
     copied = 0
     for layer in target.layers:
