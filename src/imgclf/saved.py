@@ -74,8 +74,7 @@ def load_model(path: str | Path, unsafe: bool = False):
     file is trusted."""
     import keras
 
-    import imgclf.data.augment  # noqa: F401  (registers our augmentation layers)
-    import imgclf.models.layers  # noqa: F401  (and the models' own, e.g. CaffePreprocess)
+    import imgclf.layers  # noqa: F401  (registers our layers: augmentation and CaffePreprocess)
     import imgclf.training.optimizers  # noqa: F401  (and optimizers and schedules, for compile=True users)
     import imgclf.training.schedules  # noqa: F401
 
