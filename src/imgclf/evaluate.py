@@ -15,6 +15,7 @@ import numpy as np
 from imgclf.data import Split, load_data
 from imgclf.data.pipeline import make_dataset
 from imgclf.data.scan import find_images, printable, skipped_note, unreadable_images, visible_subdirs
+from imgclf.data.sources import PATH_HOLDS
 from imgclf.errors import ConfigError, DataError
 from imgclf.inference import check_tta, load_model, predict_probs, write_prediction_rows
 from imgclf.reports.build import Context, build_reports, write_reports
@@ -62,11 +63,14 @@ class EvalData:
         cfg = run.cfg.model_copy(deep=True)
         self.image_root: str | None = None
         self.bad_files: list = []
-        # a source that reads no path (digits) takes --data as a folder of class folders too
-        if data is not None and cfg.data.source in ("folder", "digits"):
+        holds = PATH_HOLDS[cfg.data.source]
+        # a source of image files takes --data as a folder of class folders; so does one that
+        # reads no path at all (digits)
+        if data is not None and holds != "arrays":
             root = Path(data).expanduser()
             if not root.is_dir():
-                why = "" if cfg.data.source == "folder" else " (a digits run takes a folder of class folders)"
+                takes = f" (a {cfg.data.source} run takes a folder of class folders)"
+                why = "" if holds == "files" else takes
                 raise DataError(f"--data: folder not found: {root}{why}")
             lower = {d.name.lower(): d for d in visible_subdirs(root)}
             self.split_name = split or ("test" if "test" in lower else "val" if "val" in lower else "test")
