@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from conftest import FAST
 from imgclf.cli import app
 from imgclf.config import AUGMENT_STEPS, ModelConfig, load_config
-from imgclf.data.augment import MIXERS, augment_dataset, augmentation_layers, cutmix, mixup
+from imgclf.data.augment import MIXERS, augment_dataset, cutmix, mixup
 from imgclf.data.pipeline import make_dataset
 from imgclf.errors import ConfigError
+from imgclf.layers import augmentation_layers
 from imgclf.models import ModelSpec, create_model
 from imgclf.training.setup import build_model, datasets, prepare
 
@@ -38,7 +39,7 @@ def tiny_model(steps, channels=3):
 def is_augmentation(layer):
     return layer.__class__.__name__ not in ("InputLayer",) and layer.name != "rescale" and (
         layer.__module__.startswith("keras.src.layers.preprocessing.image_preprocessing")
-        or layer.__module__ == "imgclf.data.augment"
+        or layer.__module__ == "imgclf.layers"
     )
 
 

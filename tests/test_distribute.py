@@ -99,7 +99,7 @@ def run_dir_of(out: str) -> Path:
 
 
 def weights(run: Path) -> list[np.ndarray]:
-    from imgclf.saved import load_model
+    from imgclf.inference import load_model
 
     return load_model(run / "model.keras").get_weights()
 
@@ -250,7 +250,7 @@ def test_multi_worker_refuses_jit_compile_true(tmp_path):
 
 def test_mixed_precision_is_float16_on_a_gpu_and_a_warning_without_one(tmp_path):
     """The GPU check too: on a machine with a GPU this trains in mixed_float16 with XLA."""
-    from imgclf.saved import load_model
+    from imgclf.inference import load_model
     from imgclf.training.distribute import gpus
 
     recipe = FAST + ["train.mixed_precision=true", "train.jit_compile=true"]
@@ -294,7 +294,7 @@ def test_mixed_precision_with_a_gpu_builds_float16_layers_and_a_float32_output(m
 def test_bfloat16_trains_on_any_device_with_a_float32_output(tmp_path):
     """mixed_precision=bfloat16 needs no GPU: bfloat16 layers, float32 weights and softmax,
     no loss scaling, finite losses, and the policy recorded in run.json."""
-    from imgclf.saved import load_model
+    from imgclf.inference import load_model
 
     recipe = FAST + ["train.mixed_precision=bfloat16"]
     result = runner.invoke(app, ["train", *sets(recipe), "--out", str(tmp_path)])

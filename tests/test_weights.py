@@ -41,7 +41,7 @@ def equal(a, b) -> bool:
 def test_caffe_preprocessing_matches_keras_applications():
     import keras
 
-    from imgclf.models.layers import CaffePreprocess
+    from imgclf.layers import CaffePreprocess
 
     x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
     expected = keras.applications.vgg16.preprocess_input(x.copy())

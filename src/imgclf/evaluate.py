@@ -11,39 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from imgclf.data import Split, load_data
+from imgclf.data.pipeline import make_dataset
 from imgclf.data.scan import find_images, printable, skipped_note, unreadable_images, visible_subdirs
-from imgclf.data.sources import Split
+from imgclf.data.sources import PATH_HOLDS
 from imgclf.errors import ConfigError, DataError
+from imgclf.inference import check_tta, load_model, predict_probs, write_prediction_rows
 from imgclf.reports.build import Context, build_reports, write_reports
-from imgclf.reports.metrics import prob_columns
-from imgclf.runs import Manifest, atomic_path, ensure_writable, new_run_dir, write_bad_files, write_json
-from imgclf.saved import SavedRun, load_model, open_run
+from imgclf.runs import Manifest, ensure_writable, new_run_dir, write_bad_files, write_json
+from imgclf.saved import SavedRun, open_run
 
-TTA_MODES = ("flip",)
 # the keys that decide which items land in which split
 SPLIT_KEYS = ("source", "path", "val_split", "test_split", "holdout_last_n")
-
-
-def check_tta(tta: str | None) -> None:
-    if tta is not None and tta not in TTA_MODES:
-        raise ConfigError(f"Unknown `--tta` mode. Received: tta={tta} (known: {', '.join(TTA_MODES)})")
-
-
-def predict_probs(model, images, tta: str | None = None) -> np.ndarray:
-    """Probabilities (float64, rows summing to 1) for a dataset of images or of (images,
-    labels); ``tta="flip"`` averages them with those of the left-right mirrored images."""
-    import tensorflow as tf
-
-    spec = images.element_spec
-    if isinstance(spec, tuple):
-        images = images.map(lambda x, y: x)
-    probs = model.predict(images, verbose=0).astype(np.float64)
-    if tta == "flip":
-        flipped = images.map(tf.image.flip_left_right)
-        probs = (probs + model.predict(flipped, verbose=0).astype(np.float64)) / 2.0
-    return probs / probs.sum(axis=1, keepdims=True)
 
 
 def folder_split(root: Path, class_names: list[str]) -> tuple[Split, list[tuple[str, str]]]:
@@ -80,16 +60,17 @@ class EvalData:
     """The items to evaluate: one split of the run's own data, or a --data folder."""
 
     def __init__(self, run: SavedRun, data: str | None, split: str | None):
-        from imgclf.data import load_data
-
         cfg = run.cfg.model_copy(deep=True)
         self.image_root: str | None = None
         self.bad_files: list = []
-        # a source that reads no path (digits) takes --data as a folder of class folders too
-        if data is not None and cfg.data.source in ("folder", "digits"):
+        holds = PATH_HOLDS[cfg.data.source]
+        # a source of image files takes --data as a folder of class folders; so does one that
+        # reads no path at all (digits)
+        if data is not None and holds != "arrays":
             root = Path(data).expanduser()
             if not root.is_dir():
-                why = "" if cfg.data.source == "folder" else " (a digits run takes a folder of class folders)"
+                takes = f" (a {cfg.data.source} run takes a folder of class folders)"
+                why = "" if holds == "files" else takes
                 raise DataError(f"--data: folder not found: {root}{why}")
             lower = {d.name.lower(): d for d in visible_subdirs(root)}
             self.split_name = split or ("test" if "test" in lower else "val" if "val" in lower else "test")
@@ -121,8 +102,6 @@ class EvalData:
         self.cfg = cfg  # the run's config, data.path pointing at what was evaluated
 
     def probs(self, run: SavedRun, model, tta: str | None) -> np.ndarray:
-        from imgclf.data.pipeline import make_dataset
-
         d = run.cfg.data
         ds = make_dataset(
             self.split, image_size=tuple(d.image_size), channels=d.channels,
@@ -130,16 +109,6 @@ class EvalData:
             seed=run.cfg.seed, cache=False,
         )
         return predict_probs(model, ds, tta)
-
-
-def write_prediction_rows(path: Path, split: str, id_column: str, ids: list, y: np.ndarray,
-                          probs: np.ndarray, class_names: list[str]) -> None:
-    names = np.array(class_names)
-    frame = pd.DataFrame({"split": split, id_column: ids, "true_label": names[y],
-                          "pred_label": names[probs.argmax(axis=1)]})
-    frame[prob_columns(class_names)] = probs
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.10g")
 
 
 def _summary(split: str, m: dict) -> str:
@@ -169,8 +138,8 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     out.mkdir(parents=True, exist_ok=True)
     write_bad_files(out, items.bad_files)
     probs = items.probs(run, model, tta)
-    write_prediction_rows(out / "predictions.csv", items.split_name, items.id_column, items.split.ids,
-                          items.split.y, probs, run.class_names)
+    write_prediction_rows(out / "predictions.csv", run.class_names, items.id_column,
+                          {items.split_name: (items.split.ids, items.split.y, probs)})
     write_json(out / "eval.json", {
         "run": run.name, "run_status": run.status, "split": items.split_name,
         "data": str(Path(data).expanduser().resolve()) if data else None, "tta": tta,
@@ -225,8 +194,7 @@ def evaluate_ensemble(run_dirs: list, *, data: str | None = None, split: str | N
     probs = np.mean([items.probs(run, model, tta) for run, model in zip(runs, models)], axis=0)
 
     run_dir = new_run_dir(out or first.cfg.output.dir, "ensemble")
-    manifest = Manifest(run_dir, "evaluate --ensemble")
-    try:
+    with Manifest(run_dir, "evaluate --ensemble").closing() as manifest:
         manifest.update(
             model="ensemble(" + " + ".join(r.manifest.get("model") or r.cfg.model.name for r in runs) + ")",
             params=sum(int(r.manifest.get("params") or 0) for r in runs),
@@ -238,12 +206,9 @@ def evaluate_ensemble(run_dirs: list, *, data: str | None = None, split: str | N
         )
         write_json(run_dir / "classes.json", first.class_names)
         write_bad_files(run_dir, items.bad_files)
-        write_prediction_rows(run_dir / "predictions.csv", items.split_name, items.id_column,
-                              items.split.ids, items.split.y, probs, first.class_names)
+        write_prediction_rows(run_dir / "predictions.csv", first.class_names, items.id_column,
+                              {items.split_name: (items.split.ids, items.split.y, probs)})
         metrics = write_reports(run_dir)
         manifest.close("finished")
-    except BaseException as exc:
-        manifest.close("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
     echo(_summary(items.split_name, metrics[items.split_name]))
     return run_dir

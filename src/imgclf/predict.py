@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
+from imgclf.data.pipeline import _to_channels, decode_image
 from imgclf.data.scan import find_images, printable, refuse, why_unreadable
 from imgclf.errors import ConfigError, DataError, ModelError
+from imgclf.inference import batch_probs, check_tta, load_model
 from imgclf.runs import atomic_path, ensure_writable, read_json
-from imgclf.saved import load_model, open_run
+from imgclf.saved import open_run
 
 DEFAULT_TOP_K = 3
 FORMATS = (".csv", ".json")
@@ -120,8 +123,6 @@ def predict(model_or_run, input_path, *, top_k: int | None = None, output: str |
             progress=None, stdout=None) -> PredictSummary:
     """Write one row per file (sorted) with the top-k classes, or its error; ``progress(done,
     total)`` is called as the work starts and after each batch."""
-    from imgclf.evaluate import check_tta
-
     check_tta(tta)
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1. Received: batch_size={batch_size}")
@@ -154,11 +155,6 @@ def predict(model_or_run, input_path, *, top_k: int | None = None, output: str |
 
 def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int, tta: str | None,
          rows: _Rows, warn, progress) -> int:
-    from imgclf._tf import import_tensorflow
-
-    tf = import_tensorflow()
-    from imgclf.data.pipeline import _to_channels, decode_image
-
     size, channels = pred.image_size, pred.channels
 
     def load(i, p):
@@ -190,11 +186,7 @@ def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int
         next_i = max(next_i, stop)
 
     for idx, images in ds:
-        probs = np.asarray(pred.model.predict_on_batch(images), dtype=np.float64)
-        if tta == "flip":
-            flipped = tf.image.flip_left_right(images)
-            probs = (probs + np.asarray(pred.model.predict_on_batch(flipped), dtype=np.float64)) / 2
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = batch_probs(pred.model, images, tta)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         for row, i in enumerate(idx.numpy()):
             fail_until(int(i))

@@ -52,6 +52,15 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+# predictions.csv: one probability column per class, named by this prefix and the class;
+# written by imgclf.inference, read by reports/
+PROB_PREFIX = "prob_"
+
+
+def prob_columns(class_names: list[str]) -> list[str]:
+    return [f"{PROB_PREFIX}{c}" for c in class_names]
+
+
 BAD_FILES = "bad_files.txt"
 
 

@@ -1,13 +1,15 @@
-"""A run directory as the commands after training see it: its saved model, resolved config,
-class names and status. Evaluate, predict and compare read runs only through here."""
+"""A run directory as the commands after training see it: its resolved config, class names
+and status (the model itself loads through imgclf.inference). Evaluate and predict read runs
+only through here."""
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.errors import ConfigError, DataError, ModelError, first_line
+from imgclf.config import load_config
+from imgclf.errors import ConfigError, DataError, ModelError
+from imgclf.inference import load_model  # noqa: F401  (training/trainer.py still imports it from here)
 from imgclf.runs import MANIFEST, live_status, read_json, read_manifest
 
 
@@ -43,8 +45,6 @@ class SavedRun:
 
 def open_run(path: str | Path, need_model: bool = True) -> SavedRun:
     """Check that ``path`` is a run directory and read its small files (not the model)."""
-    from imgclf.config import load_config
-
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"run directory not found: {path}")
@@ -66,28 +66,3 @@ def open_run(path: str | Path, need_model: bool = True) -> SavedRun:
     if not isinstance(names, list) or len(names) < 2 or not all(isinstance(n, str) for n in names):
         raise DataError(f"{path / 'classes.json'}: expected a list of at least two class names")
     return SavedRun(path=path, manifest=manifest, class_names=names, cfg=cfg)
-
-
-def load_model(path: str | Path, unsafe: bool = False):
-    """A saved .keras model, without its optimizer. Keras' safe mode refuses a file that holds
-    Python code (a Lambda layer's bytecode) unless ``unsafe`` (the CLI's --unsafe) says the
-    file is trusted."""
-    import keras
-
-    import imgclf.data.augment  # noqa: F401  (registers our augmentation layers)
-    import imgclf.models.layers  # noqa: F401  (and the models' own, e.g. CaffePreprocess)
-    import imgclf.training.optimizers  # noqa: F401  (and optimizers and schedules, for compile=True users)
-    import imgclf.training.schedules  # noqa: F401
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    if path.suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would say "File not found"
-        raise ModelError(f"cannot load {path}: not a .keras file (a zip archive)")
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=not unsafe)
-    except Exception as exc:  # Keras raises ValueError, OSError, zipfile errors, ...
-        if "safe_mode" in str(exc) or "unsafe_deserialization" in str(exc):
-            raise ModelError(f"refusing to load {path}: it holds Python code (a Lambda layer) that would "
-                             "run as it loads; if you trust where it came from, pass --unsafe") from None
-        raise ModelError(f"cannot load {path}: {first_line(exc)[:300]}") from None

@@ -1,12 +1,10 @@
-"""The augmentation stack: the config's `augment` steps as Keras layers, and MixUp/CutMix.
+"""The augmentation stack in the training pipeline: the config's `augment` steps checked and
+split between model and pipeline, the per-image layers mapped over batches, and MixUp/CutMix.
 
-Per-image steps become Keras preprocessing layers. They run either inside the model, before
-the rescaling (``augment_on: model``: on the accelerator, inactive at inference), or in the
-training dataset's tf.data map on batches (``augment_on: pipeline``: on the CPU, in
-parallel). Either way they see float32 images in 0..255 and return the same shape, dtype and
-range. Where Keras has the layer it is used; ``RandomPadCrop``, ``RandomResizedCrop``,
-``ClippedGaussianNoise`` and ``ClippedColorJitter`` are small layers of ours, registered so
-that a saved ``model.keras`` loads without this package's help beyond importing it.
+Per-image steps become Keras preprocessing layers (imgclf.layers, the home of every layer we
+register). They run either inside the model, before the rescaling (``augment_on: model``: on
+the accelerator, inactive at inference), or in the training dataset's tf.data map on batches
+(``augment_on: pipeline``: on the CPU, in parallel).
 
 MixUp and CutMix mix labels as well as images, so they cannot live in the model: they always
 run on one-hot training batches in the pipeline (``mix_batch``), whatever ``augment_on`` says.
@@ -14,200 +12,18 @@ run on one-hot training batches in the pipeline (``mix_batch``), whatever ``augm
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import keras
 import tensorflow as tf
-from keras import layers, ops
 
 from imgclf.config import AugmentStep
 from imgclf.errors import ConfigError
+from imgclf.layers import augmentation_layers
 
-VALUE_RANGE = (0.0, 255.0)
 MIXERS = ("mixup", "cutmix")
-PACKAGE = "imgclf"
 
 
-# ------------------------------------------------------------------ custom layers
-def _transform(a0, a2, b1, b2):
-    """Per-image affine maps, output pixel -> input pixel: x_in = a0*x + a2, y_in = b1*y + b2."""
-    zeros = ops.zeros_like(a0)
-    return ops.stack([a0, zeros, a2, zeros, b1, b2, zeros, zeros], axis=1)
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class RandomPadCrop(layers.Layer):
-    """Pad each image by reflection, then crop a random window of the original size
-    (the CIFAR recipe: up to ``padding`` pixels of shift). Identity at inference."""
-
-    def __init__(self, padding: int = 4, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.padding = int(padding)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, images, training=None):
-        if not training:
-            return images
-        p = self.padding
-        h, w = images.shape[1], images.shape[2]
-        h = ops.shape(images)[1] if h is None else h
-        w = ops.shape(images)[2] if w is None else w
-        padded = ops.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], mode="reflect")
-        batch = ops.shape(images)[0]
-        shift = keras.random.randint((batch, 2), 0, 2 * p + 1, seed=self.seed_generator)
-        shift = ops.cast(shift, "float32")
-        ones = ops.ones_like(shift[:, 0])
-        # integer shifts with nearest sampling: an exact crop of the padded image
-        moved = ops.image.affine_transform(
-            padded, _transform(ones, shift[:, 1], ones, shift[:, 0]), interpolation="nearest"
-        )
-        return ops.cast(moved[:, :h, :w, :], images.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "padding": self.padding, "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class RandomResizedCrop(layers.Layer):
-    """Crop a random region (area fraction in ``scale``, width/height in ``ratio``, drawn
-    log-uniformly) and resize it back to the input size. Identity at inference."""
-
-    def __init__(self, scale=(0.08, 1.0), ratio=(0.75, 1.333), seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.scale = tuple(float(s) for s in scale)
-        self.ratio = tuple(float(r) for r in ratio)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, images, training=None):
-        if not training:
-            return images
-        shape = ops.shape(images)
-        batch = shape[0]
-        h = ops.cast(shape[1], "float32")
-        w = ops.cast(shape[2], "float32")
-        area = keras.random.uniform((batch,), *self.scale, seed=self.seed_generator)
-        log_ratio = keras.random.uniform(
-            (batch,), math.log(self.ratio[0]), math.log(self.ratio[1]) + 1e-9, seed=self.seed_generator
-        )
-        ratio = ops.exp(log_ratio)
-        # crop sides in pixels (width/height = ratio), capped at the image's sides
-        crop_w = ops.minimum(ops.sqrt(area * h * w * ratio), w)
-        crop_h = ops.minimum(ops.sqrt(area * h * w / ratio), h)
-        corner = keras.random.uniform((batch, 2), 0.0, 1.0, seed=self.seed_generator)
-        x0 = corner[:, 0] * (w - crop_w)
-        y0 = corner[:, 1] * (h - crop_h)
-        sx, sy = crop_w / w, crop_h / h
-        # pixel centres: x_in + 0.5 = x0 + (x + 0.5) * sx
-        transform = _transform(sx, x0 + 0.5 * sx - 0.5, sy, y0 + 0.5 * sy - 0.5)
-        out = ops.image.affine_transform(
-            ops.cast(images, "float32"), transform, interpolation="bilinear", fill_mode="nearest"
-        )
-        return ops.cast(ops.clip(out, *VALUE_RANGE), images.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "scale": list(self.scale), "ratio": list(self.ratio),
-                "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class ClippedGaussianNoise(layers.Layer):
-    """Add zero-mean Gaussian noise of ``stddev`` pixel values, clipped to 0..255 (Keras'
-    GaussianNoise does not clip). Identity at inference."""
-
-    def __init__(self, stddev: float = 10.0, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.stddev = float(stddev)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-    def call(self, images, training=None):
-        if not training:
-            return images
-        noise = keras.random.normal(ops.shape(images), stddev=self.stddev, seed=self.seed_generator)
-        out = ops.cast(images, "float32") + noise
-        return ops.cast(ops.clip(out, *VALUE_RANGE), images.dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "stddev": self.stddev, "seed": self.seed}
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class ClippedColorJitter(layers.RandomColorJitter):
-    """Keras' RandomColorJitter with its output clipped to ``value_range``: raising the
-    saturation can push a pixel outside it."""
-
-    def transform_images(self, images, transformation, training=True):
-        images = super().transform_images(images, transformation, training=training)
-        if training:
-            images = self.backend.numpy.clip(images, self.value_range[0], self.value_range[1])
-        return images
-
-
-# ----------------------------------------------------------------- step -> layer
-def _saturation_factor(s: float) -> tuple[float, float]:
-    # Keras draws f and multiplies the saturation by f / (1 - f); a multiplier in
-    # [1 - s, 1 + s] is f in [(1 - s) / (2 - s), (1 + s) / (2 + s)]
-    return ((1 - s) / (2 - s), (1 + s) / (2 + s))
-
-
-def step_layer(step: AugmentStep, seed: int | None = None) -> layers.Layer:
-    """The Keras layer for one per-image step (not mixup/cutmix)."""
-    name = step.name
-    if name == "flip":
-        return layers.RandomFlip(step.mode, seed=seed)
-    if name == "rotation":
-        return layers.RandomRotation(step.factor, fill_mode="reflect", seed=seed)
-    if name == "zoom":
-        return layers.RandomZoom(step.factor, fill_mode="reflect", seed=seed)
-    if name == "translation":
-        return layers.RandomTranslation(step.factor, step.factor, fill_mode="reflect", seed=seed)
-    if name == "contrast":
-        return layers.RandomContrast(step.factor, value_range=VALUE_RANGE, seed=seed)
-    if name == "brightness":
-        return layers.RandomBrightness(step.factor, value_range=VALUE_RANGE, seed=seed)
-    if name == "crop":
-        return RandomPadCrop(step.padding, seed=seed)
-    if name == "random_resized_crop":
-        return RandomResizedCrop(step.scale, step.ratio, seed=seed)
-    if name == "gaussian_noise":
-        return ClippedGaussianNoise(step.stddev, seed=seed)
-    if name == "erasing":
-        # a (p, p) range: Keras draws the probability from it, a single p would mean U(0, p)
-        return layers.RandomErasing(factor=(step.probability, step.probability), scale=step.scale,
-                                    fill_value=step.value, value_range=VALUE_RANGE, seed=seed)
-    if name == "color_jitter":
-        return ClippedColorJitter(
-            value_range=VALUE_RANGE,
-            brightness_factor=step.brightness or None,
-            contrast_factor=step.contrast or None,
-            saturation_factor=_saturation_factor(step.saturation) if step.saturation else None,
-            hue_factor=2 * step.hue or None,  # Keras shifts the hue by up to factor / 2 of a turn
-            seed=seed,
-        )
-    if name == "randaugment":
-        return layers.RandAugment(value_range=VALUE_RANGE, num_ops=step.num_ops, factor=step.magnitude,
-                                  seed=seed)
-    raise ValueError(f"Unknown per-image augmentation step. Received: name={name}")
-
-
-def augmentation_layers(steps: Sequence[AugmentStep], seed: int | None = None) -> list[layers.Layer]:
-    """One Keras layer per per-image step, in order; each active only with ``training=True``.
-    With a ``seed``, step i is seeded ``seed + i`` (None: Keras' global seed)."""
-    return [step_layer(s, None if seed is None else seed + i) for i, s in enumerate(steps)]
-
-
+# ------------------------------------------------------------------ checks
 def check_steps(steps: Sequence[AugmentStep], input_shape: tuple[int, int, int]) -> None:
     """Raise ConfigError for steps that cannot work on these images."""
     h, w, channels = input_shape

@@ -254,6 +254,9 @@ SOURCES = {
     "idx": load_idx_source,
     "npz": load_npz_source,
 }
+# what each source's data.path holds: image files (rows name a file), arrays (rows name an
+# index), or nothing (built in)
+PATH_HOLDS = {"digits": None, "folder": "files", "idx": "arrays", "npz": "arrays"}
 
 
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:

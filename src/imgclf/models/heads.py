@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from imgclf.data.augment import augmentation_layers
+from imgclf.layers import augmentation_layers
 from imgclf.models.registry import ModelSpec
 
 # Keras' default 0.99 leaves the moving statistics far behind for the first hundreds of
@@ -19,7 +19,7 @@ def activation(name: str) -> layers.Layer:
 
 def raw_input(spec: ModelSpec):
     """Input of raw 0..255 pixels and the training-only augmentation (``spec.augment``: the
-    per-image steps, see imgclf.data.augment), unscaled: models with their own preprocessing."""
+    per-image steps, see imgclf.layers), unscaled: models with their own preprocessing."""
     inputs = keras.Input(shape=spec.input_shape, name="image")
     x = inputs
     for layer in augmentation_layers(spec.augment):

@@ -8,10 +8,10 @@ import keras
 from keras import layers
 
 from imgclf.errors import ModelError
+from imgclf.layers import CaffePreprocess
 from imgclf.models.applications import KERAS_WEIGHTS, application
 from imgclf.models.backbone import assemble
 from imgclf.models.heads import BN_MOMENTUM, classifier_head, stem
-from imgclf.models.layers import CaffePreprocess
 from imgclf.models.registry import ModelSpec, register_model
 
 

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from imgclf.layers import CaffePreprocess
 from imgclf.models.applications import KERAS_WEIGHTS, application
-from imgclf.models.layers import CaffePreprocess
 from imgclf.models.registry import ModelSpec, register_model
 
 _VGG = dict(default_size=(224, 224), channels=3, pretrained=True, block_pattern=r"^(block\d+)_")

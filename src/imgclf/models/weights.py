@@ -85,7 +85,7 @@ def load_weights(model, weights: str) -> None:
     if path.is_dir():
         path = path / "model.keras"
     if path.name.endswith(".keras"):
-        from imgclf.saved import load_model
+        from imgclf.inference import load_model
 
         try:
             source = load_model(path)

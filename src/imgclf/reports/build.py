@@ -11,8 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from imgclf.config import load_config
 from imgclf.data.scan import skipped_note
+from imgclf.data.sources import PATH_HOLDS
 from imgclf.errors import ImgclfError
+from imgclf.reports.html import render
+from imgclf.reports.images import load_images
 from imgclf.reports.metrics import (
     confusion,
     label_indices,
@@ -57,8 +61,6 @@ def _write_csv(df: pd.DataFrame, path: Path, **kw) -> None:
 
 def read_config(path: Path):
     """(text, Config or None) of a saved config.yaml; (None, None) when there is none."""
-    from imgclf.config import load_config
-
     if not path.is_file():
         return None, None
     text = path.read_text(encoding="utf-8")
@@ -75,8 +77,9 @@ def run_context(run_dir: Path) -> Context:
     members = manifest.get("members") or []
     if cfg is None and members:  # an ensemble: the data is its first member's
         _, cfg = read_config(Path(members[0]) / "config.yaml")
-        if cfg is not None and manifest.get("data_path") and cfg.data.source != "folder":
-            cfg.data.path = manifest["data_path"]  # evaluated on other arrays than it trained on
+        if cfg is not None and manifest.get("data_path") and PATH_HOLDS[cfg.data.source] != "files":
+            # evaluated on other data (--data): files are found under the image root, arrays here
+            cfg.data.path = manifest["data_path"]
     ctx = Context(class_names=read_json(run_dir / "classes.json"), title=run_dir.name,
                   config_text=config_text, cfg=cfg, image_root=manifest.get("data"))
     ctx.curves_png = run_dir / "curves.png"
@@ -171,8 +174,6 @@ def build_reports(out_dir: Path, ctx: Context, flat: bool = False) -> dict:
             (out_dir / "misclassified.png", "true class, predicted class and its probability"),
         ],
     }
-    from imgclf.reports.html import render
-
     page = render(
         title=ctx.title, subtitle=ctx.subtitle, metrics=metrics, primary=primary,
         per_class=per_class[per_class["split"] == primary].drop(columns="split"),
@@ -194,10 +195,8 @@ def _misclassified(out_dir: Path, ctx: Context, split: str, rows: pd.DataFrame,
         ctx.notes.append("misclassified.png is not drawn: the run's config.yaml is missing or unreadable")
         return
     try:
-        from imgclf.reports.images import load_images
-
         ids = rows[id_col].to_numpy()[wrong].tolist()
-        images = load_images(ctx.cfg, split, ids, ctx.image_root) if len(wrong) else []
+        images = load_images(ctx.cfg, split, id_col, ids, ctx.image_root) if len(wrong) else []
     except (ImgclfError, OSError, KeyError) as exc:
         ctx.notes.append(f"misclassified.png is not drawn: cannot load the images ({exc})")
         return

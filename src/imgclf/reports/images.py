@@ -10,17 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from imgclf.config import Config
+from imgclf.data import load_data
+from imgclf.data.scan import open_quietly
 
 THUMB = 128
 
 
 def _thumb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    from imgclf.data.scan import open_quietly
-
     try:
         with open_quietly(path) as im:
             im.draft("RGB", (THUMB, THUMB))  # JPEG: decode at a reduced scale
@@ -31,14 +30,13 @@ def _thumb(path: Path) -> np.ndarray:
         return np.full((THUMB, THUMB, 3), 255, dtype=np.uint8)
 
 
-def load_images(cfg: Config, split: str, ids: list, root: str | Path | None = None) -> list[np.ndarray]:
-    """The images of ``ids`` in ``split``: files under ``root`` (or the config's folder),
-    or items of the config's array source."""
-    if root is not None or cfg.data.source == "folder":
+def load_images(cfg: Config, split: str, id_column: str, ids: list,
+                root: str | Path | None = None) -> list[np.ndarray]:
+    """The images of ``ids`` in ``split``: with ``id_column`` "file", files under ``root`` (or
+    the config's data.path); with "index", items of the config's array source."""
+    if id_column == "file":
         base = Path(root if root is not None else cfg.data.path).expanduser()
         return [_thumb(base / str(i)) for i in ids]
-    from imgclf.data import load_data
-
     part = load_data(cfg.data, cfg.seed).splits[split]
     where = {int(item): pos for pos, item in enumerate(part.ids)}
     return [part.x[where[int(i)]] for i in ids]

@@ -8,15 +8,12 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-PROB_PREFIX = "prob_"
+from imgclf.runs import prob_columns  # noqa: F401  (the trainer and tests import it from here)
+
 METRIC_KEYS = (
     "accuracy", "loss", "top_k_accuracy", "precision_macro", "recall_macro", "f1_macro",
     "precision_weighted", "recall_weighted", "f1_weighted", "roc_auc_ovr", "cohen_kappa",
 )
-
-
-def prob_columns(class_names: list[str]) -> list[str]:
-    return [f"{PROB_PREFIX}{c}" for c in class_names]
 
 
 def label_indices(labels, class_names: list[str]) -> np.ndarray:
