@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from conftest import pattern_image, sklearn_metrics
 from imgclf.cli import app
-from imgclf.reports.metrics import METRIC_KEYS, prob_columns
+from imgclf.reports.metrics import METRIC_KEYS
+from imgclf.runs import prob_columns
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"

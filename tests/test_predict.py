@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imgclf.cli import app
-from imgclf.reports.metrics import prob_columns
+from imgclf.runs import prob_columns
 
 runner = CliRunner()
 

@@ -10,11 +10,18 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import keras
 import numpy as np
+import tensorflow as tf
+from PIL import Image
 
 from imgclf.config import Config, load_config
-from imgclf.data.scan import skipped_summary
+from imgclf.data import load_data
+from imgclf.data.augment import MIXERS, augmentation_layers, split_steps
+from imgclf.data.scan import open_quietly, skipped_summary
 from imgclf.errors import ConfigError, DataError
+from imgclf.reports.images import _thumb
+from imgclf.reports.plots import plot_image_grid
 from imgclf.runs import ensure_writable
 
 SAMPLES_PER_CLASS = 6
@@ -38,10 +45,6 @@ def config_for(target: str | Path) -> Config:
 
 def _image_stats(files: list[str]) -> tuple[Counter, Counter, np.ndarray]:
     """(modes, formats, sizes as (N, 2) width/height) from the files' headers (no decoding)."""
-    from PIL import Image
-
-    from imgclf.data.scan import open_quietly
-
     modes, formats, sizes = Counter(), Counter(), []
     for f in files:
         try:
@@ -56,8 +59,6 @@ def _image_stats(files: list[str]) -> tuple[Counter, Counter, np.ndarray]:
 
 def _samples(bundle, seed: int, per_class: int) -> tuple[list, list[str]]:
     """Up to ``per_class`` seeded picks of each class from the training split."""
-    from imgclf.reports.images import _thumb
-
     train = bundle.splits["train"]
     rng = np.random.default_rng(seed)
     images, titles = [], []
@@ -71,13 +72,6 @@ def _samples(bundle, seed: int, per_class: int) -> tuple[list, list[str]]:
 
 
 def _augmented(images: list[np.ndarray], cfg: Config, size) -> list[np.ndarray]:
-    import keras
-
-    from imgclf._tf import import_tensorflow
-
-    tf = import_tensorflow()
-    from imgclf.data.augment import augmentation_layers, split_steps
-
     keras.utils.set_random_seed(cfg.seed)
     channels = images[0].shape[-1] if images[0].ndim == 3 else 1
     # the per-image steps, wherever they run; MixUp/CutMix mix pairs of images and are not shown
@@ -89,22 +83,14 @@ def _augmented(images: list[np.ndarray], cfg: Config, size) -> list[np.ndarray]:
     return list(np.clip(np.rint(np.asarray(batch)), 0, 255).astype(np.uint8))
 
 
-def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "samples.png",
-            per_class: int = SAMPLES_PER_CLASS, echo=print) -> list[Path]:
-    """Print the summary; write the grid(s); return the PNG paths written."""
-    from imgclf.data import load_data
-    from imgclf.reports.plots import plot_image_grid
-
-    cfg = config_for(target)
+def _check_args(cfg: Config, augment: bool, grid: Path, per_class: int) -> None:
     if augment and not cfg.augment:
         raise ConfigError("--augment: the config has no augment steps (pass a config .yaml with an "
                           "`augment:` list)")
-    from imgclf.data.augment import MIXERS as mixers  # noqa: N811
-    if augment and all(s.name in mixers for s in cfg.augment):
+    if augment and all(s.name in MIXERS for s in cfg.augment):
         steps = ", ".join(s.name for s in cfg.augment)
         raise ConfigError(f"--augment: the config's augment steps ({steps}) mix pairs of images in a "
                           "batch and change no single image; there is nothing to draw")
-    grid = Path(grid)
     if grid.suffix.lower() != ".png":
         raise ConfigError(f"--grid must end in .png. Received: grid={grid}")
     if not grid.parent.is_dir():
@@ -112,11 +98,10 @@ def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "sa
     ensure_writable(grid.parent)
     if per_class < 1:
         raise ConfigError(f"--per-class must be at least 1. Received: per_class={per_class}")
-    bundle = load_data(cfg.data, cfg.seed)
-    d = cfg.data
-    echo(f"data: {d.source}" + (f" {d.path}" if d.path else "") + f"; {bundle.summary()}")
 
-    # class counts per split, and the imbalance over all splits
+
+def _say_counts(bundle, echo) -> None:
+    """Class counts per split, and the imbalance over all splits."""
     names = bundle.class_names
     counts = {s: np.bincount(part.y, minlength=len(names)) for s, part in bundle.splits.items()}
     total = sum(counts.values())
@@ -131,6 +116,9 @@ def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "sa
         echo(f"imbalance: {ratio:.2f} (largest class {names[int(total.argmax())]} {total.max()}, "
              f"smallest {names[int(total.argmin())]} {total.min()})")
 
+
+def _say_images(bundle, echo) -> None:
+    """Modes, formats and sizes of the images, and what was skipped."""
     if bundle.kind == "files":
         files = [f for part in bundle.splits.values() for f in part.files]
         modes, formats, sizes = _image_stats(files)
@@ -155,6 +143,20 @@ def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "sa
     else:
         echo("unreadable: none")
 
+
+def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "samples.png",
+            per_class: int = SAMPLES_PER_CLASS, echo=print) -> list[Path]:
+    """Print the summary; write the grid(s); return the PNG paths written."""
+    cfg = config_for(target)
+    grid = Path(grid)
+    _check_args(cfg, augment, grid, per_class)
+    bundle = load_data(cfg.data, cfg.seed)
+    d = cfg.data
+    echo(f"data: {d.source}" + (f" {d.path}" if d.path else "") + f"; {bundle.summary()}")
+    _say_counts(bundle, echo)
+    _say_images(bundle, echo)
+
+    names = bundle.class_names
     images, titles = _samples(bundle, cfg.seed, per_class)
     shown = "" if len(names) <= MAX_CLASSES_SHOWN else f" (first {MAX_CLASSES_SHOWN} of {len(names)} classes)"
     cols = max(1, min(per_class, max(1, len(titles))))
@@ -164,8 +166,8 @@ def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "sa
     if augment:
         size = tuple(d.image_size) if d.image_size else (bundle.image_size or DISPLAY_SIZE)
         out = grid.with_name(f"{grid.stem}_augmented{grid.suffix}")
-        steps = ", ".join(s.name for s in cfg.augment if s.name not in mixers)
-        if any(s.name in mixers for s in cfg.augment):
+        steps = ", ".join(s.name for s in cfg.augment if s.name not in MIXERS)
+        if any(s.name in MIXERS for s in cfg.augment):
             steps += "; mixup/cutmix not shown"
         plot_image_grid(_augmented(images, cfg, size), titles, out,
                         title=f"the same images after augmentation ({steps})", cols=cols)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from imgclf.config import load_config
 from imgclf.errors import ConfigError, DataError, ModelError
-from imgclf.inference import load_model  # noqa: F401  (training/trainer.py still imports it from here)
 from imgclf.runs import MANIFEST, live_status, read_json, read_manifest
 
 

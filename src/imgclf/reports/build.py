@@ -21,12 +21,11 @@ from imgclf.reports.metrics import (
     confusion,
     label_indices,
     per_class_table,
-    prob_columns,
     roc_points,
     split_metrics,
 )
 from imgclf.reports.plots import plot_confusion, plot_curves, plot_image_grid, plot_roc
-from imgclf.runs import MANIFEST, atomic_path, read_bad_files, read_json, write_json, write_text
+from imgclf.runs import MANIFEST, atomic_path, prob_columns, read_bad_files, read_json, write_json, write_text
 
 MISCLASSIFIED_SHOWN = 18
 

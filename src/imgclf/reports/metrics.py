@@ -8,8 +8,6 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from imgclf.runs import prob_columns  # noqa: F401  (the trainer and tests import it from here)
-
 METRIC_KEYS = (
     "accuracy", "loss", "top_k_accuracy", "precision_macro", "recall_macro", "f1_macro",
     "precision_weighted", "recall_weighted", "f1_weighted", "roc_auc_ovr", "cohen_kappa",

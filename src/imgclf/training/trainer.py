@@ -12,16 +12,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from imgclf import interrupts
 from imgclf.config import Config, dump_yaml, load_config
 from imgclf.data import DataBundle
 from imgclf.errors import ConfigError
-from imgclf.evaluate import predict_probs
+from imgclf.inference import load_model, predict_probs, write_prediction_rows
 from imgclf.reports import write_reports
-from imgclf.reports.metrics import prob_columns
 from imgclf.runs import (
     MANIFEST,
     Manifest,
@@ -32,7 +28,6 @@ from imgclf.runs import (
     running_elsewhere,
     write_text,
 )
-from imgclf.saved import load_model
 from imgclf.training.callbacks import CHECKPOINT_DIR, CHECKPOINT_WEIGHTS, read_checkpoint
 from imgclf.training.distribute import barrier
 from imgclf.training.loop import Fitted, Run, checkpoint_phase, fit_all
@@ -190,22 +185,6 @@ def finish(run: Run, fitted: Fitted) -> Path:
 def write_predictions(model, data: dict, bundle: DataBundle, path: Path, tta: str | None = None) -> None:
     """One row per val/test item, in split order: split, id, true and predicted class,
     and one probability column per class (averaged over ``tta``'s views, train.tta)."""
-    frames = []
-    names = np.array(bundle.class_names)
-    for name in ("val", "test"):
-        if name not in data:
-            continue
-        probs = predict_probs(model, data[name], tta)  # float64, rows summing to 1
-        split = bundle.splits[name]
-        frame = pd.DataFrame(
-            {
-                "split": name,
-                bundle.id_column: split.ids,
-                "true_label": names[split.y],
-                "pred_label": names[probs.argmax(axis=1)],
-            }
-        )
-        frame[prob_columns(bundle.class_names)] = probs
-        frames.append(frame)
-    with atomic_path(path) as tmp:
-        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False, float_format="%.10g")
+    splits = {name: (bundle.splits[name].ids, bundle.splits[name].y, predict_probs(model, data[name], tta))
+              for name in ("val", "test") if name in data}
+    write_prediction_rows(path, bundle.class_names, bundle.id_column, splits)
