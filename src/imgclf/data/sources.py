@@ -175,6 +175,48 @@ def _class_files(root: Path, classes: list[str] | None = None) -> dict[str, list
     return found
 
 
+def _readable_classes(per_split: dict, classes: list[str], root: Path, train_top: Path):
+    """Check every file once (data/scan.py caches the verdicts); the unreadable ones are skipped
+    and listed, and a training class folder left with no usable image is left out, with the
+    reason. Returns (classes kept, classes left out, unreadable files, the listing)."""
+    everything = [p for files in per_split.values() for fl in files.values() for p in fl]
+    bad = unreadable_images(everything)
+    bad_set = {p for p, _ in bad}
+    listed = [(printable(p.relative_to(root).as_posix()), r) for p, r in bad]
+    empty = [c for c in classes if not any(p not in bad_set for p in per_split["train"][c])]
+    for cname in empty:
+        folder = (train_top / cname).relative_to(root).as_posix() + "/"
+        had = len(per_split["train"][cname])
+        listed.append((folder, f"class left out: its folder has no {'readable ' if had else ''}images"))
+    classes = [c for c in classes if c not in empty]
+    _need_two_classes(len(classes), f"{train_top} (after leaving out {len(empty)} empty class "
+                      f"folder{'s' if len(empty) != 1 else ''})" if empty else str(train_top))
+    return classes, empty, bad_set, listed
+
+
+def _file_splits(per_split: dict, classes: list[str], empty: list[str], bad_set: set, root: Path,
+                 tops: dict, listed: list) -> dict[str, Split]:
+    """One Split per split folder of readable files, labelled by ``classes``; a val/test class
+    folder whose class was left out is listed."""
+    splits: dict[str, Split] = {}
+    for name, by_class in per_split.items():
+        files, labels = [], []
+        for ci, cname in enumerate(classes):
+            good = [p for p in by_class.get(cname, []) if p not in bad_set]
+            files += good
+            labels += [ci] * len(good)
+        for cname in empty:
+            if name != "train" and by_class.get(cname):
+                folder = (tops[name] / cname).relative_to(root).as_posix() + "/"
+                listed.append((folder, f"left out: class {cname} has no training images"))
+        splits[name] = Split(
+            y=np.array(labels, dtype=np.int64),
+            ids=[p.relative_to(root).as_posix() for p in files],
+            files=[str(p) for p in files],
+        )
+    return splits
+
+
 def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
     if not cfg.path:
         raise ConfigError("data.source=folder needs data.path (a folder of class folders)")
@@ -196,38 +238,8 @@ def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
             if any(found.values()):  # an empty val/ or test/ counts as absent
                 per_split[name] = found
 
-    # check every file once (data/scan.py caches the verdicts); skip and list the ones that do not
-    # decode. A training class folder left with no usable image is left out, with the reason.
-    everything = [p for files in per_split.values() for fl in files.values() for p in fl]
-    bad = unreadable_images(everything)
-    bad_set = {p for p, _ in bad}
-    listed = [(printable(p.relative_to(root).as_posix()), r) for p, r in bad]
-    empty = [c for c in classes if not any(p not in bad_set for p in per_split["train"][c])]
-    for cname in empty:
-        folder = (tops["train"] / cname).relative_to(root).as_posix() + "/"
-        had = len(per_split["train"][cname])
-        listed.append((folder, f"class left out: its folder has no {'readable ' if had else ''}images"))
-    classes = [c for c in classes if c not in empty]
-    _need_two_classes(len(classes), f"{tops['train']} (after leaving out {len(empty)} empty class "
-                      f"folder{'s' if len(empty) != 1 else ''})" if empty else str(tops["train"]))
-
-    splits: dict[str, Split] = {}
-    for name, by_class in per_split.items():
-        files, labels = [], []
-        for ci, cname in enumerate(classes):
-            good = [p for p in by_class.get(cname, []) if p not in bad_set]
-            files += good
-            labels += [ci] * len(good)
-        for cname in empty:
-            if name != "train" and by_class.get(cname):
-                folder = (tops[name] / cname).relative_to(root).as_posix() + "/"
-                listed.append((folder, f"left out: class {cname} has no training images"))
-        y = np.array(labels, dtype=np.int64)
-        splits[name] = Split(
-            y=y,
-            ids=[p.relative_to(root).as_posix() for p in files],
-            files=[str(p) for p in files],
-        )
+    classes, empty, bad_set, listed = _readable_classes(per_split, classes, root, tops["train"])
+    splits = _file_splits(per_split, classes, empty, bad_set, root, tops, listed)
 
     pieces = split_indices(
         splits["train"].y, val_split=cfg.val_split, test_split=cfg.test_split,

@@ -188,15 +188,9 @@ def _distributed(strategy, dataset):
     return strategy.experimental_distribute_dataset(dataset.with_options(options))
 
 
-def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, epochs: int = 1,
-             callbacks=(), verbose: int = 0, class_weight: dict | None = None, shuffle: bool = False):
-    """``model.fit`` for MultiWorkerMirroredStrategy: the same arguments (``x`` a dataset of
-    (images, one-hot labels) in global batches), callbacks and logs; returns the History.
-
-    Loss and accuracy follow ``fit``'s definitions: the epoch's loss is the mean of the batch
-    losses (class-weighted, as the gradient) weighted by batch size; accuracy counts every
-    image alike (Keras weighs only ``weighted_metrics``, and we compile ``metrics``)."""
-    del shuffle  # the pipeline shuffles, with the seed
+def _step_functions(model, strategy, class_weight: dict | None):
+    """(train_step, eval_step): one global batch each, through ``strategy.run``, returning the
+    batch's summed [loss * n, correct, n] over the replicas."""
     replicas = float(strategy.num_replicas_in_sync)
     weights = None
     if class_weight:
@@ -236,10 +230,24 @@ def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, e
     def eval_step(batch):
         return strategy.reduce("SUM", strategy.run(replica_eval, args=batch), axis=None)
 
-    def logs_of(total: np.ndarray, prefix: str = "") -> dict:
-        loss_sum, correct, n = (float(v) for v in total)
-        return {f"{prefix}loss": loss_sum / max(n, 1.0), f"{prefix}accuracy": correct / max(n, 1.0)}
+    return train_step, eval_step
 
+
+def _logs_of(total: np.ndarray, prefix: str = "") -> dict:
+    loss_sum, correct, n = (float(v) for v in total)
+    return {f"{prefix}loss": loss_sum / max(n, 1.0), f"{prefix}accuracy": correct / max(n, 1.0)}
+
+
+def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, epochs: int = 1,
+             callbacks=(), verbose: int = 0, class_weight: dict | None = None, shuffle: bool = False):
+    """``model.fit`` for MultiWorkerMirroredStrategy: the same arguments (``x`` a dataset of
+    (images, one-hot labels) in global batches), callbacks and logs; returns the History.
+
+    Loss and accuracy follow ``fit``'s definitions: the epoch's loss is the mean of the batch
+    losses (class-weighted, as the gradient) weighted by batch size; accuracy counts every
+    image alike (Keras weighs only ``weighted_metrics``, and we compile ``metrics``)."""
+    del shuffle  # the pipeline shuffles, with the seed
+    train_step, eval_step = _step_functions(model, strategy, class_weight)
     train_data = _distributed(strategy, x)
     val_data = _distributed(strategy, validation_data) if validation_data is not None else None
     history = keras.callbacks.History()
@@ -255,17 +263,17 @@ def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, e
         for step, batch in enumerate(train_data):
             cbs.on_train_batch_begin(step)
             total += train_step(batch).numpy()
-            cbs.on_train_batch_end(step, logs_of(total))
+            cbs.on_train_batch_end(step, _logs_of(total))
             if model.stop_training:  # TerminateOnNaN: the same reduced loss on every worker
                 break
-        logs = logs_of(total)
+        logs = _logs_of(total)
         if val_data is not None:
             cbs.on_test_begin()
             val_total = np.zeros(3)
             for batch in val_data:
                 val_total += eval_step(batch).numpy()
-            cbs.on_test_end(logs_of(val_total))
-            logs.update(logs_of(val_total, "val_"))
+            cbs.on_test_end(_logs_of(val_total))
+            logs.update(_logs_of(val_total, "val_"))
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break

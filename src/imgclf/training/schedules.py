@@ -230,54 +230,78 @@ def make_schedule(name: str, lr: float, *, steps_per_epoch: int, epochs: int, **
 
     if name == "constant":
         return lr
-    if name == "exponential":
-        rate = _number(name, "decay_rate", p["decay_rate"], positive=True)
-        steps = _number(name, "decay_steps", p["decay_steps"], positive=True)
-        return keras.optimizers.schedules.ExponentialDecay(lr, steps, rate, staircase=bool(p["staircase"]))
-    if name == "step":
-        every = p["every_epochs"]
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise _bad(name, "every_epochs", every, "expected a whole number of epochs >= 1")
-        factor = _number(name, "factor", p["factor"], positive=True)
-        return keras.optimizers.schedules.ExponentialDecay(lr, every * spe, factor, staircase=True)
-    if name == "piecewise":
-        bounds, values = p["boundaries"], p["values"]
-        if not isinstance(bounds, (list, tuple)) or not isinstance(values, (list, tuple)):
-            raise _bad(name, "boundaries", bounds, "boundaries and values must be lists")
-        bounds = [_number(name, "boundaries", b, nonneg=True) for b in bounds]
-        values = [_number(name, "values", v, nonneg=True) for v in values]
-        if len(values) != len(bounds) + 1:
-            raise _bad(name, "values", values, f"needs len(boundaries) + 1 = {len(bounds) + 1} values")
-        if any(b2 <= b1 for b1, b2 in zip(bounds, bounds[1:])):
-            raise _bad(name, "boundaries", bounds, "must be increasing")
-        return Piecewise([b * spe for b in bounds], values)
-    if name == "cosine":
-        warmup = _number(name, "warmup_epochs", p["warmup_epochs"], nonneg=True) * spe
-        min_lr = _number(name, "min_lr", p["min_lr"], nonneg=True)
-        if warmup >= total:
-            raise _bad(name, "warmup_epochs", p["warmup_epochs"], f"must be shorter than epochs={epochs}")
-        return WarmupCosine(lr, total, warmup_steps=warmup, min_lr=min_lr)
-    if name == "cosine_restarts":
-        first = _number(name, "first_epochs", p["first_epochs"], positive=True) * spe
-        t_mul = _number(name, "t_mul", p["t_mul"], positive=True)
-        m_mul = _number(name, "m_mul", p["m_mul"], positive=True)
-        min_lr = _number(name, "min_lr", p["min_lr"], nonneg=True)
-        if lr <= 0 or min_lr > lr:
-            raise _bad(name, "min_lr", min_lr, f"needs 0 <= min_lr <= lr={lr}")
-        return keras.optimizers.schedules.CosineDecayRestarts(
-            lr, first, t_mul=t_mul, m_mul=m_mul, alpha=min_lr / lr
-        )
-    if name == "cyclical":
-        max_lr = _number(name, "max_lr", p["max_lr"], positive=True)
-        step_size = _number(name, "step_size_epochs", p["step_size_epochs"], positive=True) * spe
-        gamma = _number(name, "gamma", p["gamma"], positive=True)
-        if p["mode"] not in CYCLICAL_MODES:
-            raise _bad(name, "mode", p["mode"], f"known: {', '.join(CYCLICAL_MODES)}")
-        return CyclicalLearningRate(lr, max_lr, step_size, mode=p["mode"], gamma=gamma)
-    # one_cycle
+    return _BUILDERS[name](lr, p, spe, total, epochs)
+
+
+# one builder per schedule: (lr, its parameters with defaults, steps per epoch, total steps,
+# epochs) -> the schedule, raising ValueError for a bad value
+def _exponential(lr, p, spe, total, epochs):
+    rate = _number("exponential", "decay_rate", p["decay_rate"], positive=True)
+    steps = _number("exponential", "decay_steps", p["decay_steps"], positive=True)
+    return keras.optimizers.schedules.ExponentialDecay(lr, steps, rate, staircase=bool(p["staircase"]))
+
+
+def _step(lr, p, spe, total, epochs):
+    every = p["every_epochs"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise _bad("step", "every_epochs", every, "expected a whole number of epochs >= 1")
+    factor = _number("step", "factor", p["factor"], positive=True)
+    return keras.optimizers.schedules.ExponentialDecay(lr, every * spe, factor, staircase=True)
+
+
+def _piecewise(lr, p, spe, total, epochs):
+    name = "piecewise"
+    bounds, values = p["boundaries"], p["values"]
+    if not isinstance(bounds, (list, tuple)) or not isinstance(values, (list, tuple)):
+        raise _bad(name, "boundaries", bounds, "boundaries and values must be lists")
+    bounds = [_number(name, "boundaries", b, nonneg=True) for b in bounds]
+    values = [_number(name, "values", v, nonneg=True) for v in values]
+    if len(values) != len(bounds) + 1:
+        raise _bad(name, "values", values, f"needs len(boundaries) + 1 = {len(bounds) + 1} values")
+    if any(b2 <= b1 for b1, b2 in zip(bounds, bounds[1:])):
+        raise _bad(name, "boundaries", bounds, "must be increasing")
+    return Piecewise([b * spe for b in bounds], values)
+
+
+def _cosine(lr, p, spe, total, epochs):
+    warmup = _number("cosine", "warmup_epochs", p["warmup_epochs"], nonneg=True) * spe
+    min_lr = _number("cosine", "min_lr", p["min_lr"], nonneg=True)
+    if warmup >= total:
+        raise _bad("cosine", "warmup_epochs", p["warmup_epochs"], f"must be shorter than epochs={epochs}")
+    return WarmupCosine(lr, total, warmup_steps=warmup, min_lr=min_lr)
+
+
+def _cosine_restarts(lr, p, spe, total, epochs):
+    name = "cosine_restarts"
+    first = _number(name, "first_epochs", p["first_epochs"], positive=True) * spe
+    t_mul = _number(name, "t_mul", p["t_mul"], positive=True)
+    m_mul = _number(name, "m_mul", p["m_mul"], positive=True)
+    min_lr = _number(name, "min_lr", p["min_lr"], nonneg=True)
+    if lr <= 0 or min_lr > lr:
+        raise _bad(name, "min_lr", min_lr, f"needs 0 <= min_lr <= lr={lr}")
+    return keras.optimizers.schedules.CosineDecayRestarts(lr, first, t_mul=t_mul, m_mul=m_mul,
+                                                          alpha=min_lr / lr)
+
+
+def _cyclical(lr, p, spe, total, epochs):
+    name = "cyclical"
+    max_lr = _number(name, "max_lr", p["max_lr"], positive=True)
+    step_size = _number(name, "step_size_epochs", p["step_size_epochs"], positive=True) * spe
+    gamma = _number(name, "gamma", p["gamma"], positive=True)
+    if p["mode"] not in CYCLICAL_MODES:
+        raise _bad(name, "mode", p["mode"], f"known: {', '.join(CYCLICAL_MODES)}")
+    return CyclicalLearningRate(lr, max_lr, step_size, mode=p["mode"], gamma=gamma)
+
+
+def _one_cycle(lr, p, spe, total, epochs):
+    name = "one_cycle"
     pct = _number(name, "pct_start", p["pct_start"], positive=True)
     if not pct < 1 or pct * total <= 1:
         raise _bad(name, "pct_start", pct, "needs 0 < pct_start < 1 and more than one warm-up step")
     div = _number(name, "div_factor", p["div_factor"], positive=True)
     final_div = _number(name, "final_div_factor", p["final_div_factor"], positive=True)
     return OneCycle(lr, total, pct_start=pct, div_factor=div, final_div_factor=final_div)
+
+
+_BUILDERS = {"exponential": _exponential, "step": _step, "piecewise": _piecewise, "cosine": _cosine,
+             "cosine_restarts": _cosine_restarts, "cyclical": _cyclical, "one_cycle": _one_cycle}
