@@ -108,7 +108,7 @@ def test_space_keys_are_typed_like_their_config_keys():
 def test_a_stepped_float_range_tries_exactly_its_steps_both_ends_included():
     import keras_tuner
 
-    from imgclf.tuning import declare, trial_values
+    from imgclf.tune.space import declare, trial_values
 
     # the README's and configs/tune.yaml's model.dropout: {float: [0.0, 0.5], step: 0.1}
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tune.yaml",
@@ -350,7 +350,7 @@ def _free_port() -> int:
 
 
 def test_the_chiefs_hint_names_an_address_workers_can_dial():
-    from imgclf.tuning import _dial_address, parse_endpoint
+    from imgclf.tune.distributed import _dial_address, parse_endpoint
 
     assert _dial_address("0.0.0.0", 8000) == f"{socket.getfqdn()}:8000"  # not the bind-all address
     assert _dial_address(*parse_endpoint("[::]:8000")) == f"{socket.getfqdn()}:8000"

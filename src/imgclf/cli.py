@@ -126,7 +126,7 @@ def tune(
                 raise ImgclfError("--worker reads the chief's TUNE_DIR/config.yaml; it cannot be combined "
                                   "with --config, --set, --out or --resume")
             import_tensorflow()
-            from imgclf.tuning import worker as run_worker
+            from imgclf.tune import worker as run_worker
 
             tune_dir = run_worker(str(directory), worker, chief, echo=typer.echo)
         elif chief is not None:
@@ -137,14 +137,14 @@ def tune(
                 raise ImgclfError("--chief takes --dir TUNE_DIR, the exact directory, not --out")
             cfg = load_config(config, set_) if resume is None else None
             import_tensorflow()
-            from imgclf.tuning import chief as run_chief
+            from imgclf.tune import chief as run_chief
 
             tune_dir = run_chief(cfg, chief, directory=str(directory) if directory else None,
                                  resume_dir=str(resume) if resume else None, max_trials=more_trials,
                                  echo=typer.echo)
         elif resume is not None:
             import_tensorflow()
-            from imgclf.tuning import resume as resume_search
+            from imgclf.tune import resume as resume_search
 
             tune_dir = resume_search(resume, max_trials=more_trials, echo=typer.echo)
         else:
@@ -153,7 +153,7 @@ def tune(
             cfg = load_config(config, set_)
             ensure_writable(directory.parent if directory else out or cfg.output.dir)
             import_tensorflow()
-            from imgclf.tuning import tune as run_tune
+            from imgclf.tune import tune as run_tune
 
             tune_dir = run_tune(cfg, out=str(out) if out else None,
                                 directory=str(directory) if directory else None, echo=typer.echo)
