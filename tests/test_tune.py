@@ -108,7 +108,7 @@ def test_space_keys_are_typed_like_their_config_keys():
 def test_a_stepped_float_range_tries_exactly_its_steps_both_ends_included():
     import keras_tuner
 
-    from imgclf.tuning import declare, trial_values
+    from imgclf.tune.space import declare, trial_values
 
     # the README's and configs/tune.yaml's model.dropout: {float: [0.0, 0.5], step: 0.1}
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tune.yaml",
@@ -350,7 +350,7 @@ def _free_port() -> int:
 
 
 def test_the_chiefs_hint_names_an_address_workers_can_dial():
-    from imgclf.tuning import _dial_address, parse_endpoint
+    from imgclf.tune.distributed import _dial_address, parse_endpoint
 
     assert _dial_address("0.0.0.0", 8000) == f"{socket.getfqdn()}:8000"  # not the bind-all address
     assert _dial_address(*parse_endpoint("[::]:8000")) == f"{socket.getfqdn()}:8000"
@@ -367,6 +367,42 @@ def test_a_busy_chief_port_is_refused_before_the_directory_is_made(tmp_path):
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert f"--chief {endpoint}: cannot listen there" in result.output
     assert not (tmp_path / "sweep").exists()
+
+
+def test_keras_tuners_chief_misses_a_held_ctrl_c(tmp_path, monkeypatch):
+    """Why the chief serves KerasTuner's servicer in imgclf's own loop: a Ctrl-C that comes while
+    the oracle writes its state is held, and KerasTuner's start_server (1.4) never raises it."""
+    from types import SimpleNamespace
+
+    import keras_tuner
+    from keras_tuner.src.distribute import oracle_chief
+
+    from imgclf import interrupts
+    from imgclf.tune.distributed import _serve
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # the interrupt silences it
+    oracle = keras_tuner.oracles.RandomSearchOracle(objective=keras_tuner.Objective("val_loss", "min"),
+                                                    max_trials=2)
+    naps: list[float] = []
+
+    def nap(seconds):  # KerasTuner's loop sleeps between looks; the third look ends the test
+        naps.append(seconds)
+        if len(naps) == 1:
+            with interrupts.held():  # as during an oracle write on a gRPC thread
+                signal.raise_signal(signal.SIGINT)
+        elif len(naps) == 3:
+            raise RuntimeError("still serving")
+
+    monkeypatch.setattr(oracle_chief, "time", SimpleNamespace(sleep=nap))
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(_free_port()))
+    lines: list[str] = []
+    with interrupts.installed():
+        with pytest.raises(RuntimeError, match="still serving"):
+            oracle_chief.start_server(oracle)  # two looks after the Ctrl-C, and it serves on
+        with pytest.raises(KeyboardInterrupt):
+            _serve(oracle, "127.0.0.1", _free_port(), tmp_path, lines.append, poll_s=0)
+    assert lines and lines[0].startswith("chief: serving the oracle on 127.0.0.1:")
 
 
 def test_a_worker_stops_with_one_line_on_a_finished_search(tmp_path):

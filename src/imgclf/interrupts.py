@@ -7,14 +7,23 @@ and carries on. So every signal is also remembered until the command has acted o
 training raises a remembered one at the end of the batch in progress (``raise_if_pending``,
 called by a callback). Where the handler can tell it is in a finalizer, it does not raise at
 all and leaves the signal to that check.
+
+A search also has stretches a signal must not cut short: KerasTuner rewriting its oracle's
+state (a file cut in half would leave a search that cannot resume). Inside ``held()`` a
+signal is only remembered; ``stop_if_pending`` raises it at the search's next safe point.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import threading
+from contextlib import contextmanager
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _pending: list[int] = []
+_held = [0]  # held() blocks running now, on any thread (the chief's oracle answers on gRPC threads)
+_held_lock = threading.Lock()
 
 
 def in_finalizer(frame) -> bool:
@@ -38,7 +47,7 @@ def stopping(signum) -> KeyboardInterrupt:
 
 def _handler(signum, frame):
     _pending.append(signum)
-    if not in_finalizer(frame):
+    if not _held[0] and not in_finalizer(frame):
         raise stopping(signum)
 
 
@@ -57,8 +66,35 @@ def install() -> None:
     Python leaves it ignored: `kill -INT` must still stop a run cleanly."""
     _pending.clear()
     sys.unraisablehook = sys.__unraisablehook__
-    signal.signal(signal.SIGTERM, _handler)
-    signal.signal(signal.SIGINT, _handler)
+    for signum in SIGNALS:
+        signal.signal(signum, _handler)
+
+
+@contextmanager
+def installed():
+    """The handler for the block and the previous handlers back after it (a search called from
+    Python rather than the cli); off the main thread, where signals cannot be routed, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {signum: signal.signal(signum, _handler) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def held():
+    """A block a signal does not cut short: a signal during it is only remembered."""
+    with _held_lock:
+        _held[0] += 1
+    try:
+        yield
+    finally:
+        with _held_lock:
+            _held[0] -= 1
 
 
 def raise_if_pending() -> None:
@@ -66,3 +102,11 @@ def raise_if_pending() -> None:
         signum = _pending.pop()
         _pending.clear()
         raise stopping(signum)
+
+
+def stop_if_pending() -> None:
+    """A search's safe point (a trial's start and end, the chief's poll): raise a remembered
+    signal, but only on the main thread and outside every held block; a gRPC thread answering a
+    worker finishes its call."""
+    if _pending and not _held[0] and threading.current_thread() is threading.main_thread():
+        raise_if_pending()
