@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from imgclf import interrupts
+from imgclf import __version__, interrupts
 from imgclf.errors import DataError, ImgclfError, first_line
 
 MANIFEST = "run.json"
@@ -155,10 +155,10 @@ def new_run_dir(parent: str | Path, name: str) -> Path:
 
 
 def versions() -> dict:
+    # whoever writes a manifest has imported TensorFlow already; importing it here, not at the
+    # top, keeps this ground-floor module (and `imgclf --help`) free of it
     import keras
     import tensorflow as tf
-
-    from imgclf import __version__
 
     return {
         "imgclf": __version__,

@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 
 from imgclf.errors import ConfigError, ModelError, first_line
+from imgclf.inference import load_model
 from imgclf.models.backbone import is_head, nested_backbone
 from imgclf.models.registry import ModelEntry
 
@@ -85,8 +86,6 @@ def load_weights(model, weights: str) -> None:
     if path.is_dir():
         path = path / "model.keras"
     if path.name.endswith(".keras"):
-        from imgclf.inference import load_model
-
         try:
             source = load_model(path)
         except ModelError as exc:
