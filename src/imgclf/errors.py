@@ -39,11 +39,13 @@ class TrainingError(ImgclfError):
 
 
 def did_you_mean(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
-    """`` (did you mean X?)`` for the closest of ``candidates`` to ``word``, or ``""``. A dotted
-    word (``train.epoch``) that matches no whole candidate is matched by its last part too."""
+    """`` (did you mean X?)`` for the closest of ``candidates`` to ``word``, or ``""``. A word that
+    matches no whole candidate is matched by its last part against theirs too (``train.epoch``
+    -> ``train.epochs``, ``lr`` -> ``train.optimizer.lr``); where no candidate is dotted, that
+    is the same match again."""
     candidates = list(candidates)
     match = difflib.get_close_matches(str(word), candidates, n=1, cutoff=cutoff)
-    if not match and "." in str(word):
+    if not match:
         tails = {c.rsplit(".", 1)[-1]: c for c in candidates}
         close = difflib.get_close_matches(str(word).rsplit(".", 1)[-1], list(tails), n=1, cutoff=cutoff)
         match = [tails[close[0]]] if close else []
