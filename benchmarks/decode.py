@@ -33,9 +33,9 @@ def main(argv=None) -> int:
     from imgclf._tf import import_tensorflow
 
     tf = import_tensorflow()
+    from imgclf.data import Split
     from imgclf.data.pipeline import make_dataset
     from imgclf.data.scan import find_images, visible_subdirs
-    from imgclf.data.sources import Split
 
     root = Path(args.folder)
     if not root.is_dir():

@@ -43,7 +43,7 @@ from common import (  # noqa: E402
 def keras_setup(config: list[str], overrides: list[str]):
     from imgclf.config import load_config
     from imgclf.training.phases import phase_after
-    from imgclf.training.trainer import build_model, datasets, enter_phase, prepare
+    from imgclf.training.setup import build_model, datasets, enter_phase, prepare
 
     cfg = load_config(config, overrides)
     prep = prepare(cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import keras
 import numpy as np
 
 LOSSES = ("crossentropy", "focal")
@@ -32,8 +33,6 @@ def make_loss(name: str, *, label_smoothing: float = 0.0, alpha: float = 0.25, g
     focal: CategoricalFocalCrossentropy (Lin et al. 2017): -alpha * (1 - p)^gamma * log(p) on
     the (smoothed) target class; gamma=0 gives alpha times the cross-entropy.
     """
-    import keras
-
     if name not in LOSSES:
         raise ValueError(f"Unknown `loss` (known: {', '.join(LOSSES)}). Received: name={name!r}")
     ls = _number("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True)

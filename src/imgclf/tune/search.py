@@ -20,7 +20,7 @@ from imgclf.runs import (
     running_elsewhere,
     write_text,
 )
-from imgclf.training.trainer import prepare
+from imgclf.training.setup import prepare
 from imgclf.tune.results import finish, on_interrupt
 from imgclf.tune.space import declare
 from imgclf.tune.trials import records
