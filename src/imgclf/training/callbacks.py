@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from imgclf import interrupts
+from imgclf.monitors import direction
 from imgclf.runs import atomic_path, write_json
 
 HISTORY_COLUMNS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "batch_size",
@@ -26,17 +27,11 @@ def current_lr(optimizer) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
-def resolve_mode(monitor: str, mode: str) -> str:
-    if mode != "auto":
-        return mode
-    return "max" if "acc" in monitor or "auc" in monitor else "min"
-
-
 class _Tracker:
     """The best value of a monitored metric so far, with min_delta and a mode."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float = 0.0):
-        self.monitor, self.mode, self.min_delta = monitor, resolve_mode(monitor, mode), min_delta
+        self.monitor, self.mode, self.min_delta = monitor, direction(monitor, mode), min_delta
         self.best: float | None = None
 
     def improved(self, value: float) -> bool:
