@@ -181,8 +181,7 @@ def lr_find(
     with _handled():
         cfg = _load("config", tensorflow=False).load_config(config, set_)
         run_dir, _ = _load("training.lr_find").lr_find(cfg, out=str(out) if out else None, start_lr=start_lr,
-                                                       end_lr=end_lr,
-                                                       steps=steps, echo=typer.echo)
+                                                       end_lr=end_lr, steps=steps, echo=typer.echo)
     typer.echo(str(run_dir))
 
 
@@ -284,7 +283,7 @@ def predict(
 
         try:
             summary = jobs.predict(model, input_path, top_k=top_k, output=output, batch_size=batch_size,
-                                  tta=tta, unsafe=unsafe, warn=warn, progress=progress)
+                                   tta=tta, unsafe=unsafe, warn=warn, progress=progress)
         finally:
             if bars:
                 bars[0].__exit__(None, None, None)
@@ -305,7 +304,7 @@ def compare(
     with _handled():
         text = _load("compare", tensorflow=False).compare(run_dirs, sort=sort, fmt=fmt,
                                                           plot=str(plot) if plot else None,
-                           warn=lambda t: typer.echo(t, err=True))
+                                                          warn=lambda t: typer.echo(t, err=True))
     typer.echo(text, nl=False)
     if plot:
         typer.echo(f"curves: {plot}", err=True)

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from imgclf import __version__, interrupts
-from imgclf.errors import DataError, ImgclfError, first_line
+from imgclf.errors import ConfigError, DataError, ImgclfError, first_line
 
 MANIFEST = "run.json"
 
@@ -306,3 +306,11 @@ def running_elsewhere(manifest: dict) -> str | None:
     if host != socket.gethostname() or not isinstance(pid, int):
         return None  # another machine's, or an old run.json without a pid: cannot tell; allow
     return f"process {pid} on this machine is still running it"
+
+
+def refuse_if_running(manifest: dict, path: str | Path) -> None:
+    """`--resume path` refused in one line while the process that wrote ``manifest`` still works on it."""
+    busy = running_elsewhere(manifest)
+    if busy:
+        raise ConfigError(f"--resume {path}: {busy}; stop it first (Ctrl-C, or kill -INT "
+                          f"{manifest['pid']}), or let it finish")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -109,20 +109,15 @@ def announce(run: Run) -> None:
                         sizes={k: len(v) for k, v in bundle.splits.items()})
 
 
-@dataclass
 class EpochLoop:
-    """The loop's position in a run, and the callbacks and data it fits with."""
+    """The loop's position in a run (epoch, phase, batch size, the last fit's losses), and the
+    callbacks and data it fits with."""
 
-    run: Run
-    epoch: int = 0
-    phase: int = 1
-    losses: list = field(default_factory=list)
-
-    def __post_init__(self):
-        run, t = self.run, self.run.prep.cfg.train
-        self.t = t
+    def __init__(self, run: Run):
+        self.run, self.t = run, run.prep.cfg.train
+        self.losses: list = []
         self.epoch = run.state["epoch"] if run.state else 0
-        self.phase = checkpoint_phase(t, run.state)  # the phase train()/resume() compiled the model for
+        self.phase = checkpoint_phase(self.t, run.state)  # the phase train()/resume() compiled the model for
         self.rows = HistoryCSV.read(run.dir / "history.csv", self.epoch)  # drops rows past the checkpoint
         self.callbacks, self.history, self.stateful = make_callbacks(
             run.dir, run.prep.cfg, self.rows, lambda: {"phase": self.phase})

@@ -25,13 +25,13 @@ from imgclf.runs import (
     default_run_name,
     holding,
     read_manifest,
-    running_elsewhere,
+    refuse_if_running,
     write_text,
 )
 from imgclf.training.callbacks import CHECKPOINT_DIR, CHECKPOINT_WEIGHTS, read_checkpoint
 from imgclf.training.distribute import barrier
 from imgclf.training.loop import Fitted, Run, checkpoint_phase, fit_all
-from imgclf.training.phases import is_partial, is_phased, phase_after
+from imgclf.training.phases import is_partial, is_phased
 from imgclf.training.setup import build_model, distribution, enter_phase, prepare, seed_everything
 
 
@@ -42,16 +42,10 @@ def train(cfg: Config, out: str | None = None, echo=print, *, on_run_dir=None,
     ``on_run_dir(path)`` hears of the run directory as soon as it exists (a sweep keeps its
     trials' directories, failed ones too); ``resume_hint=False`` leaves out the line that says
     how to resume an interrupted run (a sweep resumes its own way)."""
-    prep = prepare(cfg)
-    cfg = prep.cfg
-    dist = distribution(prep, echo)
-    seed_everything(cfg)
     # a model that cannot be built, weights that do not fit, or a recipe the optimizer
-    # refuses all fail before a run directory exists; variables and optimizer are made in
-    # the strategy's scope, so they are mirrored over its replicas
-    with dist.strategy.scope():
-        model = build_model(prep)
-        entered = enter_phase(model, prep, phase_after(cfg.train, 0))
+    # refuses all fail before a run directory exists
+    prep, dist, model, entered = _assemble(cfg, echo)
+    cfg = prep.cfg
     if is_partial(cfg.train) and not is_phased(cfg.train):
         echo(entered)  # phased runs say so as each phase starts
     run_dir = dist.run_dir(out or cfg.output.dir, default_run_name(cfg))
@@ -84,10 +78,7 @@ def resume(run_dir: str | Path, echo=print) -> Path:
 def _resumable(run_dir: Path, echo) -> tuple[Config, dict | None]:
     """The saved config and checkpoint of a run that may be resumed, or one line why not."""
     recorded = read_manifest(run_dir / MANIFEST)
-    busy = running_elsewhere(recorded)
-    if busy:
-        raise ConfigError(f"--resume {run_dir}: {busy}; stop it first (Ctrl-C, or kill -INT "
-                          f"{recorded['pid']}), or let it finish")
+    refuse_if_running(recorded, run_dir)
     if recorded.get("status") == "finished":
         raise ConfigError(f"--resume {run_dir}: this run already finished; start a new one with --config "
                           f"{run_dir / 'config.yaml'}")
@@ -106,20 +97,28 @@ def _resumable(run_dir: Path, echo) -> tuple[Config, dict | None]:
     return cfg, state
 
 
-def _restored(run_dir: Path, cfg: Config, state: dict | None, echo) -> Run:
-    """The model rebuilt, compiled for the checkpoint's phase and loaded from it."""
+def _assemble(cfg: Config, echo, state: dict | None = None, run_dir: Path | None = None):
+    """(prepared data, strategy, model, enter_phase's line): the model built and compiled for
+    the phase the run starts in, or for a checkpoint's ``state`` (so its optimizer state fits)
+    with every variable loaded from ``run_dir``'s checkpoint. Variables and optimizer are made
+    in the strategy's scope, so they are mirrored over its replicas."""
     prep = prepare(cfg)
-    cfg = prep.cfg
     dist = distribution(prep, echo)
-    seed_everything(cfg)
-    batch = (state or {}).get("callbacks", {}).get("batch_size", {}).get("batch_size")
+    seed_everything(prep.cfg)
     with dist.strategy.scope():
         model = build_model(prep)
-        # compiled for the phase the checkpoint was taken in, so its optimizer state fits
-        entered = enter_phase(model, prep, checkpoint_phase(cfg.train, state))
+        entered = enter_phase(model, prep, checkpoint_phase(prep.cfg.train, state))
         if state is not None:
             model.optimizer.build(model.trainable_variables)
             model.load_weights(run_dir / CHECKPOINT_DIR / CHECKPOINT_WEIGHTS)
+    return prep, dist, model, entered
+
+
+def _restored(run_dir: Path, cfg: Config, state: dict | None, echo) -> Run:
+    """The run rebuilt from its checkpoint, and a line that says from where it goes on."""
+    prep, dist, model, entered = _assemble(cfg, echo, state, run_dir)
+    cfg = prep.cfg
+    batch = (state or {}).get("callbacks", {}).get("batch_size", {}).get("batch_size")
     if state is not None:
         echo(f"resuming {run_dir} after epoch {state['epoch']} of {cfg.train.epochs}"
              + (f" (batch size {batch})" if batch else ""))

@@ -17,7 +17,7 @@ from imgclf.runs import (
     holding,
     new_run_dir,
     read_manifest,
-    running_elsewhere,
+    refuse_if_running,
     write_text,
 )
 from imgclf.training.setup import prepare
@@ -105,10 +105,7 @@ def reopen(tune_dir: str | Path, max_trials: int | None, mode: str,
     overrides = [f"tune.max_trials={max_trials}"] if max_trials is not None else []
     cfg = load_config(tune_dir / "config.yaml", overrides)
     state = read_manifest(tune_dir / TUNE_MANIFEST)
-    busy = running_elsewhere(state)
-    if busy:
-        raise ConfigError(f"--resume {tune_dir}: {busy}; stop it first (Ctrl-C, or kill -INT "
-                          f"{state['pid']}), or let it finish")
+    refuse_if_running(state, tune_dir)
     if state.get("status") == "finished" and max_trials is None:
         raise ConfigError(f"--resume {tune_dir}: this search already finished ({state.get('trials')} "
                           f"trials); to run more trials, add --set tune.max_trials=N")
