@@ -293,6 +293,27 @@ def predict(
 
 
 @app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    fmt: list[str] = typer.Option(["saved_model"], "--format", "-f", help="saved_model, tflite or onnx "
+                                  "(repeat for several)."),
+    quantize: str | None = typer.Option(None, "--quantize", "-q", help="float16 or int8 (tflite and "
+                                        "onnx; int8 calibrated on the run's training images)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the files (default: "
+                                    "RUN_DIR/export)."),
+    force: bool = typer.Option(False, "--force", help="Keep a float32 export that differs from "
+                               "model.keras by more than 1e-4."),
+    unsafe: bool = typer.Option(False, "--unsafe", help=UNSAFE_HELP),
+) -> None:
+    """Export the run's model (raw 0-255 pixels in, probabilities out), each file checked
+    against model.keras on the run's own images; the last line printed is the folder."""
+    with _handled():
+        written = _load("export").export_run(run_dir, formats=fmt, quantize=quantize, out=out,
+                                             force=force, unsafe=unsafe, echo=typer.echo)
+    typer.echo(str(written))
+
+
+@app.command()
 def compare(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories, or folders holding runs."),
     sort: str | None = typer.Option(None, "--sort", help="Column to sort by, e.g. val_accuracy "

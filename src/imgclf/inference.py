@@ -2,8 +2,12 @@
 turn images into class probabilities (with or without test-time augmentation), and write the
 rows of a predictions.csv.
 
-Loading needs only imgclf.layers, where the layers a saved model names are registered: the
-model loads with compile=False, so training's optimizers and schedules are never needed.
+A run's model.keras is its inference model (`inference_model`): the trained weights in Keras'
+own layers only, without the augmentation layers and without an optimizer, so plain
+`keras.models.load_model` reads it in a Python without imgclf, and `model(x)` is
+deterministic. Loading older files needs imgclf.layers, where the layers they name are
+registered: a model loads with compile=False, so training's optimizers and schedules are
+never needed.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import tensorflow as tf
 
 import imgclf.layers  # noqa: F401  (registers our layers: a saved model names them)
 from imgclf.errors import ConfigError, ModelError, first_line
+from imgclf.layers import AUGMENTATION_LAYERS, CaffePreprocess, caffe_preprocess_conv
 from imgclf.runs import atomic_path, prob_columns
 
 TTA_MODES = ("flip",)
@@ -45,6 +50,51 @@ def load_model(path: str | Path, unsafe: bool = False) -> keras.Model:
             raise ModelError(f"refusing to load {path}: it holds Python code (a Lambda layer) that would "
                              "run as it loads; if you trust where it came from, pass --unsafe") from None
         raise ModelError(f"cannot load {path}: {first_line(exc)[:300]}") from None
+
+
+def inference_model(model: keras.Model, float32: bool = False) -> keras.Model:
+    """``model`` as it serves: the augmentation layers left out, imgclf's CaffePreprocess
+    replaced by the same arithmetic in Keras' layers, no optimizer, the same weights (copied by
+    layer name). With ``float32``, a mixed-precision model computes in float32 (ONNX and
+    TFLite converters take float32 models)."""
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, AUGMENTATION_LAYERS):
+            return args[0]
+        return layer(*args, **kwargs)
+
+    def clone(layer):
+        config = layer.get_config()
+        if float32 and "dtype" in config:
+            config["dtype"] = "float32"
+        if isinstance(layer, CaffePreprocess):
+            return caffe_preprocess_conv(layer.name, config.get("dtype"))
+        return layer.__class__.from_config(config)
+
+    served = keras.models.clone_model(model, clone_function=clone, call_function=call, recursive=float32)
+    copy_weights(model, served)
+    return served
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Every weight of ``source`` into the same-named layer of ``target`` (a layer that only
+    one of them has, or that has no weights in ``source``, is left as it is)."""
+    by_name = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        twin = by_name.get(layer.name)
+        if layer.weights and twin is not None and twin.weights:
+            layer.set_weights(twin.get_weights())
+
+
+def save_inference_model(model: keras.Model, path: Path, served: keras.Model | None = None) -> keras.Model:
+    """Save ``model``'s inference model at ``path`` (atomically); returns the inference model,
+    which a later save of the same model may pass back as ``served`` to skip the rebuild."""
+    if served is None:
+        served = inference_model(model)
+    else:
+        copy_weights(model, served)
+    with atomic_path(path) as tmp:
+        served.save(tmp)
+    return served
 
 
 def _tta_probs(predict, images, tta: str | None, flip) -> np.ndarray:

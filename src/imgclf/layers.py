@@ -43,6 +43,18 @@ class CaffePreprocess(keras.layers.Layer):
         return input_shape
 
 
+def caffe_preprocess_conv(name: str, dtype=None) -> layers.Conv2D:
+    """``CaffePreprocess`` in Keras' own layers, for models that load without imgclf: a fixed
+    1x1 convolution whose kernel swaps RGB to BGR (weights 0 and 1, exact) and whose bias
+    subtracts the channel means. Built, with its weights set."""
+    conv = layers.Conv2D(3, 1, name=name, dtype=dtype, trainable=False)
+    conv.build((None, None, None, 3))
+    kernel = [[[[1.0 if i == 2 - o else 0.0 for o in range(3)] for i in range(3)]]]
+    conv.set_weights([ops.convert_to_numpy(ops.convert_to_tensor(kernel)),
+                      ops.convert_to_numpy(-ops.flip(ops.convert_to_tensor(_CAFFE_MEAN_RGB), axis=0))])
+    return conv
+
+
 # ------------------------------------------------------------ augmentation layers
 def _transform(a0, a2, b1, b2):
     """Per-image affine maps, output pixel -> input pixel: x_in = a0*x + a2, y_in = b1*y + b2."""
@@ -167,6 +179,14 @@ class ClippedColorJitter(layers.RandomColorJitter):
         if training:
             images = self.backend.numpy.clip(images, self.value_range[0], self.value_range[1])
         return images
+
+
+# every layer step_layer makes: what an inference model leaves out (imgclf.inference)
+AUGMENTATION_LAYERS = (
+    layers.RandomFlip, layers.RandomRotation, layers.RandomZoom, layers.RandomTranslation,
+    layers.RandomContrast, layers.RandomBrightness, layers.RandomErasing, layers.RandomColorJitter,
+    layers.RandAugment, RandomPadCrop, RandomResizedCrop, ClippedGaussianNoise,
+)
 
 
 # ----------------------------------------------------------------- step -> layer

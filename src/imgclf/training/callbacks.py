@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from imgclf import interrupts
+from imgclf.inference import copy_weights, save_inference_model
 from imgclf.monitors import direction
 from imgclf.runs import atomic_path, write_json
 
@@ -101,6 +102,7 @@ class BestModel(keras.callbacks.Callback):
         self._weights = None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self._saved: str | None = None  # the best-epoch weights file in checkpoint_dir
+        self._served = None  # the inference model saved as model.keras, made at the first save
 
     @property
     def best(self) -> float | None:
@@ -113,8 +115,7 @@ class BestModel(keras.callbacks.Callback):
         if self.tracker.improved(float(value)):
             self.tracker.best, self.best_epoch = float(value), epoch + 1
             self._weights = self.model.get_weights()
-            with atomic_path(self.path) as tmp:
-                self.model.save(tmp)
+            self._served = save_inference_model(self.model, self.path, self._served)
 
     def restore(self, model) -> None:
         if self._weights is not None:
@@ -127,7 +128,7 @@ class BestModel(keras.callbacks.Callback):
             with np.load(saved) as arrays:
                 model.set_weights([arrays[f"arr_{i}"] for i in range(len(arrays.files))])
         elif self.path.exists():
-            model.set_weights(keras.models.load_model(self.path, compile=False).get_weights())
+            copy_weights(keras.models.load_model(self.path, compile=False), model)
 
     def state(self) -> dict:
         if self.checkpoint_dir and self._weights is not None and self._saved != self._name():

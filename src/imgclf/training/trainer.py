@@ -16,12 +16,11 @@ from imgclf import interrupts
 from imgclf.config import Config, dump_yaml, load_config
 from imgclf.data import DataBundle
 from imgclf.errors import ConfigError
-from imgclf.inference import load_model, predict_probs, write_prediction_rows
+from imgclf.inference import load_model, predict_probs, save_inference_model, write_prediction_rows
 from imgclf.reports import write_reports
 from imgclf.runs import (
     MANIFEST,
     Manifest,
-    atomic_path,
     default_run_name,
     holding,
     read_manifest,
@@ -161,13 +160,11 @@ def finish(run: Run, fitted: Fitted) -> Path:
         # model.keras holds the best epoch (BestModel saved it); predictions come from a copy
         # of it outside the strategy, on this machine alone
         if not (run_dir / "model.keras").exists():  # no epoch had a finite monitor
-            with atomic_path(run_dir / "model.keras") as tmp:
-                model.save(tmp)
+            save_inference_model(model, run_dir / "model.keras")
         model = load_model(run_dir / "model.keras")
     else:
         best.restore(model)  # the best epoch's weights are back; save them as the run's model
-        with atomic_path(run_dir / "model.keras") as tmp:
-            model.save(tmp)
+        save_inference_model(model, run_dir / "model.keras")
     write_predictions(model, fitted.data, run.prep.bundle, run_dir / "predictions.csv",
                       run.prep.cfg.train.tta)
     metrics = write_reports(run_dir)
