@@ -16,9 +16,10 @@ FLOORS = [
                 "imgclf.runs", "imgclf.config", "imgclf.layers"]),
     ("data", ["imgclf.data"]),
     ("reports", ["imgclf.reports"]),
-    ("models", ["imgclf.models", "imgclf.saved", "imgclf.inference"]),
+    ("models", ["imgclf.models", "imgclf.saved", "imgclf.inference", "imgclf.exported"]),
     ("training", ["imgclf.training"]),
-    ("jobs", ["imgclf.tune", "imgclf.evaluate", "imgclf.predict", "imgclf.compare", "imgclf.inspect"]),
+    ("jobs", ["imgclf.tune", "imgclf.evaluate", "imgclf.predict", "imgclf.compare", "imgclf.inspect",
+              "imgclf.export"]),
     ("commands", ["imgclf.cli", "imgclf.__main__"]),
 ]
 

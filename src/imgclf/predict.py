@@ -20,6 +20,7 @@ import tensorflow as tf
 from imgclf.data.pipeline import _to_channels, decode_image
 from imgclf.data.scan import find_images, printable, refuse, why_unreadable
 from imgclf.errors import ConfigError, DataError, ModelError
+from imgclf.exported import is_exported, open_exported
 from imgclf.inference import batch_probs, check_tta, load_model
 from imgclf.runs import atomic_path, ensure_writable, read_json
 from imgclf.saved import open_run
@@ -37,24 +38,24 @@ class Predictor:
 
 
 def load_predictor(model_or_run: str | Path, unsafe: bool = False) -> Predictor:
-    """A run directory (its model.keras, classes.json and config.yaml's input size) or a
-    .keras file (its own input shape; classes.json beside it if there is one)."""
+    """A run directory (its model.keras, classes.json and config.yaml's input size), a .keras
+    file or an export of `imgclf export` (a SavedModel folder, .tflite, .onnx): its own input
+    shape, and classes.json beside it if there is one."""
     path = Path(model_or_run)
-    if path.is_dir():
+    if is_exported(path):
+        model = open_exported(path)
+        size, channels, names = _input_of(model, path), int(model.input_shape[3]), _names_beside(path)
+    elif path.is_dir():
         run = open_run(path)
         model = load_model(path / "model.keras", unsafe=unsafe)
         d = run.cfg.data
         size, channels, names = tuple(d.image_size), d.channels, run.class_names
     elif path.suffix == ".keras":
         model = load_model(path, unsafe=unsafe)
-        shape = tuple(model.input_shape)
-        if len(shape) != 4 or None in shape[1:]:
-            raise ModelError(f"{path}: expected a fixed image input (H, W, C), got {shape}")
-        size, channels = (int(shape[1]), int(shape[2])), int(shape[3])
-        classes = path.parent / "classes.json"
-        names = read_json(classes) if classes.exists() else None
+        size, channels, names = _input_of(model, path), int(model.input_shape[3]), _names_beside(path)
     elif path.exists():
-        raise ModelError(f"expected a run directory or a .keras model file. Received: {path}")
+        raise ModelError(f"expected a run directory, a .keras model file or an export (a SavedModel "
+                         f"folder, .tflite, .onnx). Received: {path}")
     else:
         raise ModelError(f"no such run directory or model file: {path}")
     units = int(model.output_shape[-1])
@@ -64,6 +65,18 @@ def load_predictor(model_or_run: str | Path, unsafe: bool = False) -> Predictor:
     if channels not in (1, 3):
         raise ModelError(f"{path}: the model takes {channels} channels; images give 1 or 3")
     return Predictor(model, list(names), size, channels)
+
+
+def _input_of(model, path: Path) -> tuple[int, int]:
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or None in shape[1:]:
+        raise ModelError(f"{path}: expected a fixed image input (H, W, C), got {shape}")
+    return int(shape[1]), int(shape[2])
+
+
+def _names_beside(path: Path) -> list[str] | None:
+    classes = path.parent / "classes.json"
+    return read_json(classes) if classes.exists() else None
 
 
 def list_inputs(input_path: str | Path) -> tuple[list[Path], Path]:
@@ -155,6 +168,23 @@ def predict(model_or_run, input_path, *, top_k: int | None = None, output: str |
 
 def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int, tta: str | None,
          rows: _Rows, warn, progress) -> int:
+    names = pred.class_names
+    failed = 0
+    for rel, probs, why in iter_probs(pred, files, base, batch_size, tta, warn, progress):
+        if probs is None:
+            rows.write(rel, [], why)
+            failed += 1
+            continue
+        order = np.argsort(-probs, kind="stable")[:k]
+        rows.write(rel, [(names[c], float(probs[c])) for c in order])
+    rows.close()
+    return failed
+
+
+def iter_probs(pred: Predictor, files: list[Path], base: Path, batch_size: int = 64, tta: str | None = None,
+               warn=print, progress=None):
+    """(path relative to ``base``, its class probabilities or None, why it failed or "") for
+    every file in order, streamed batch by batch; ``progress(done, total)`` after each batch."""
     size, channels = pred.image_size, pred.channels
 
     def load(i, p):
@@ -169,37 +199,28 @@ def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # a file that fails to decode drops out here; its index is missing from the batches
     ds = ds.ignore_errors().batch(batch_size).prefetch(2)
-    names = pred.class_names
-    failed = 0
     next_i = 0
     if progress:
         progress(0, len(files))
 
-    def fail_until(stop: int) -> None:
-        nonlocal next_i, failed
+    def failures(stop: int):
         for j in range(next_i, stop):
             why = why_unreadable(files[j])
             rel = printable(files[j].relative_to(base).as_posix())
             warn(f"warning: {rel}: {why}")
-            rows.write(rel, [], why)
-            failed += 1
-        next_i = max(next_i, stop)
+            yield rel, None, why
 
     for idx, images in ds:
         probs = batch_probs(pred.model, images, tta)
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         for row, i in enumerate(idx.numpy()):
-            fail_until(int(i))
-            top = [(names[c], float(probs[row, c])) for c in order[row]]
-            rows.write(files[i].relative_to(base).as_posix(), top)
+            yield from failures(int(i))
+            yield files[i].relative_to(base).as_posix(), probs[row], ""
             next_i = int(i) + 1
         if progress:
             progress(next_i, len(files))
-    fail_until(len(files))
+    yield from failures(len(files))
     if progress:
         progress(len(files), len(files))
-    rows.close()
-    return failed
 
 
 def summary_line(s: PredictSummary) -> str:
