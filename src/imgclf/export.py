@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -170,8 +171,8 @@ def _convert(served, fmt: str, quantize: str | None, path: Path, images: RunImag
             else:
                 _export_onnx(served, path, quantize, images, calibration)
     except ImportError as exc:  # a converter's own dependency
-        raise ModelError(f"{fmt} export needs the {exc.name or 'missing'} package: "
-                         f"pip install {exc.name or fmt}") from None
+        package = f"the {exc.name} package: pip install {exc.name}" if exc.name else first_line(exc)
+        raise ModelError(f"{fmt} export needs {package}") from None
     except ModelError:
         raise
     except Exception as exc:  # a converter that rejects an op names it in its first line
@@ -222,8 +223,12 @@ def _onnx_int8(plain: Path, path: Path, batches) -> None:
             batch = next(self.it, None)
             return None if batch is None else {name: batch[0]}
 
-    quantize_static(str(plain), str(path), Reader(), activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True)
+    logging.disable(logging.WARNING)  # its advice to pre-process (which needs sympy) is not for users
+    try:
+        quantize_static(str(plain), str(path), Reader(), activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _parity(runner, images: RunImages, reference: np.ndarray) -> dict:

@@ -70,7 +70,9 @@ def inference_model(model: keras.Model, float32: bool = False) -> keras.Model:
             return caffe_preprocess_conv(layer.name, config.get("dtype"))
         return layer.__class__.from_config(config)
 
-    served = keras.models.clone_model(model, clone_function=clone, call_function=call, recursive=float32)
+    cloned = keras.models.clone_model(model, clone_function=clone, call_function=call, recursive=float32)
+    # the same layers in a model of their own: clone_model would carry over the compile config
+    served = keras.Model(cloned.input, cloned.output, name=model.name)
     copy_weights(model, served)
     return served
 
