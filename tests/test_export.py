@@ -4,6 +4,7 @@ model.keras on real photos (../shared/datasets/hymenoptera, pattern images where
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -21,8 +22,11 @@ from typer.testing import CliRunner
 from conftest import train_run, write_class_folder
 from imgclf import export as export_job
 from imgclf.cli import app
+from imgclf.config import load_config
 from imgclf.inference import inference_model, load_model
 from imgclf.layers import AUGMENTATION_LAYERS, CaffePreprocess, caffe_preprocess_conv
+from imgclf.models import create_model
+from test_models import registry_params, spec
 
 runner = CliRunner()
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera" / "train"
@@ -131,6 +135,17 @@ def test_the_inference_model_replaces_caffe_preprocess_exactly():
     assert [type(la).__name__ for la in served.layers] == ["InputLayer", "Conv2D", "Conv2D",
                                                             "GlobalAveragePooling2D", "Dense"]
     np.testing.assert_allclose(served.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", registry_params())
+def test_every_models_inference_model_is_plain_keras_and_predicts_the_same(name):
+    steps = load_config(None, [IN_MODEL]).augment
+    model = create_model(name, dataclasses.replace(spec(32), augment=tuple(steps)))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    for float32 in (False, True):
+        served = inference_model(model, float32=float32)
+        assert "imgclf>" not in json.dumps(served.get_config())  # no class of ours: loads without imgclf
+        np.testing.assert_allclose(served.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
 def test_a_mixed_precision_model_serves_in_float32():
