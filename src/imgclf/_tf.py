@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 
 
 def import_tensorflow(setup=None):
@@ -23,17 +24,29 @@ def import_tensorflow(setup=None):
             setup()
         return tf
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_stderr():
+        import keras  # noqa: F401  (imports tensorflow, the backend)
+        import tensorflow as tf
+
+        if setup is not None:
+            setup()
+        tf.constant(0) + 1  # the first op loads the device plugins: more chatter
+    return tf
+
+
+@contextmanager
+def quiet_stderr():
+    """File descriptor 2 pointed at a temporary file for the block (C++ libraries' notes:
+    TensorFlow's, the TFLite converter's and interpreter's); shown after all if it fails."""
+    if os.environ.get("IMGCLF_TF_LOGS"):
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            import keras  # noqa: F401  (imports tensorflow, the backend)
-            import tensorflow as tf
-
-            if setup is not None:
-                setup()
-            tf.constant(0) + 1  # the first op loads the device plugins: more chatter
+            yield
         except BaseException:
             os.dup2(saved, 2)
             sink.seek(0)
@@ -42,4 +55,3 @@ def import_tensorflow(setup=None):
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-    return tf

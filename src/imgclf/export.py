@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from imgclf._tf import quiet_stderr
 from imgclf.data import load_data
 from imgclf.data.pipeline import make_dataset
 from imgclf.errors import ConfigError, DataError, ModelError, first_line
@@ -162,7 +163,7 @@ def _export_one(served, fmt, quantize, out: Path, images: RunImages, reference, 
 def _convert(served, fmt: str, quantize: str | None, path: Path, images: RunImages, calibration: int):
     quiet = io.StringIO()
     try:
-        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), quiet_stderr():
             if fmt == "saved_model":
                 served.export(str(path), format="tf_saved_model", verbose=False)
             elif fmt == "tflite":

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from imgclf._tf import quiet_stderr
 from imgclf.errors import ModelError, first_line
 
 SUFFIXES = (".tflite", ".onnx")
@@ -81,10 +82,10 @@ class LiteRunner(Exported):
         except ImportError:  # TensorFlow's own interpreter: the same runtime, deprecated in its favour
             Interpreter = tf.lite.Interpreter
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), quiet_stderr():  # the deprecation and delegate notes
                 warnings.simplefilter("ignore")
                 self._interp = Interpreter(model_path=str(path))
-            self._interp.allocate_tensors()
+                self._interp.allocate_tensors()
         except Exception as exc:
             raise ModelError(f"cannot load the TFLite model {path}: {first_line(exc)[:300]}") from None
         self._in = self._interp.get_input_details()[0]
