@@ -70,6 +70,11 @@ def inference_model(model: keras.Model, float32: bool = False) -> keras.Model:
             return caffe_preprocess_conv(layer.name, config.get("dtype"))
         return layer.__class__.from_config(config)
 
+    if isinstance(model, keras.Sequential):  # clone_model's call_function takes functional models
+        inputs = x = keras.Input(model.input_shape[1:])
+        for layer in model.layers:
+            x = layer(x)
+        model = keras.Model(inputs, x, name=model.name)
     cloned = keras.models.clone_model(model, clone_function=clone, call_function=call, recursive=float32)
     # the same layers in a model of their own: clone_model would carry over the compile config
     served = keras.Model(cloned.input, cloned.output, name=model.name)
