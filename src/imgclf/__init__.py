@@ -1,3 +1,32 @@
-"""imgclf: image-classification experiments with Keras 3 on TensorFlow, from one YAML file."""
+"""imgclf: image-classification experiments with Keras 3 on TensorFlow, from one YAML file.
 
-__version__ = "0.1.0"
+The Python API (imgclf.api) loads on first use: ``import imgclf`` stays free of TensorFlow,
+so `imgclf --help` never waits for it.
+"""
+
+from imgclf._version import __version__
+from imgclf.errors import ConfigError, DataError, ImgclfError, ModelError, TrainingError
+
+_API = ("train", "resume", "tune", "load", "compare", "Run", "Evaluation")
+
+__all__ = ["ConfigError", "DataError", "ImgclfError", "ModelError", "TrainingError", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    """``imgclf.train`` and the rest of the API (PEP 562), imported on first use with
+    TensorFlow first, quietly."""
+    if name not in _API:
+        raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
+    from imgclf._tf import import_tensorflow
+
+    import_tensorflow()
+    from imgclf import api
+
+    # the submodules imgclf.compare and imgclf.tune set attributes of those names on the package
+    # as they load: the API's functions take their place
+    globals().update({n: getattr(api, n) for n in _API})
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})
