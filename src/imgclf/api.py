@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from imgclf import interrupts
 from imgclf.compare import table_of
 from imgclf.config import Config, override_items
 from imgclf.data.pipeline import model_input
@@ -43,13 +44,15 @@ def train(config=None, overrides=None, *, out: str | Path | None = None, echo=pr
     ``["train.epochs=3"]``. ``out``: the parent folder of the run (default output.dir). None on
     a multi_worker worker other than the chief, which writes no run."""
     cfg = train_config(config, override_items(overrides), out)
-    run_dir = trainer.train(cfg, out=str(out) if out else None, echo=echo)
+    with interrupts.installed():  # SIGTERM stops a run as Ctrl-C does: saved, resumable
+        run_dir = trainer.train(cfg, out=str(out) if out else None, echo=echo)
     return None if run_dir is None else load(run_dir)
 
 
 def resume(run_dir: str | Path, *, echo=print) -> Run:
     """Continue an interrupted run from its last finished epoch (`imgclf train --resume`)."""
-    return load(trainer.resume(run_dir, echo=echo))
+    with interrupts.installed():
+        return load(trainer.resume(run_dir, echo=echo))
 
 
 def tune(config=None, overrides=None, *, out: str | Path | None = None,
@@ -240,13 +243,14 @@ def _is_arrays(x) -> bool:
 
 def _as_batch(a: np.ndarray, one: bool) -> np.ndarray:
     """``a`` as N x H x W x C: ``one`` image (H x W x C, or H x W grey) or a batch."""
+    shape = tuple(a.shape)
     if one and a.ndim == 2:
         a = a[..., None]
     if one and a.ndim == 3:
         a = a[None]
     if a.ndim != 4 or a.shape[-1] not in (1, 3) or 0 in a.shape[1:]:
         raise DataError(f"expected images as an array N x H x W x C (or one H x W x C or H x W image) "
-                        f"with 1 or 3 channels. Received: shape {tuple(a.shape)}")
+                        f"with 1 or 3 channels. Received: shape {shape}")
     if a.dtype.kind == "f" and a.size and float(np.nanmax(a)) <= 1.0:
         _warn("these images lie within 0..1; predict takes raw 0..255 pixels, as image files hold")
     return a
@@ -264,7 +268,8 @@ def _array_batches(x, pred: Predictor, batch_size: int):
     images = [_as_batch(np.asarray(a), one=True) for a in x]
     for a in images:
         if len(a) != 1:
-            raise DataError(f"a list of arrays holds single images (H x W x C). Received: shape {a.shape}")
+            raise DataError(f"a list of arrays holds single images (H x W x C). "
+                            f"Received: shape {a.shape[1:]}")
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         yield np.concatenate([model_input(a, size, a.shape[-1], want) for a in chunk])
