@@ -219,8 +219,11 @@ def _file_frame(pred: Predictor, x, tta: str | None, batch_size: int) -> pd.Data
         files, base = list_inputs(x)
         names = None  # paths relative to the folder, as `imgclf predict` writes them
     else:
+        x = list(x)
         given = [Path(p).expanduser() for p in x]
         for path in given:
+            if path.is_dir():
+                raise DataError(f"a list of inputs holds image files; give a folder alone. Received: {path}")
             if not path.is_file():
                 raise DataError(f"input not found: {path}")
         files = [p.absolute() for p in given]
@@ -232,7 +235,7 @@ def _file_frame(pred: Predictor, x, tta: str | None, batch_size: int) -> pd.Data
         ids.append(rel if names is None else names[i])
         probs.append(nan if row is None else row)
         errors.append(why)
-    return _frame(pred.class_names, "file", ids, np.array(probs).reshape(len(ids), -1), errors)
+    return _frame(pred.class_names, "file", ids, np.array(probs).reshape(len(ids), len(nan)), errors)
 
 
 def _is_arrays(x) -> bool:
