@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # lowest first; a module is on the floor of the longest name here that it is or lies under
 FLOORS = [
-    ("ground", ["imgclf", "imgclf._tf", "imgclf.errors", "imgclf.interrupts", "imgclf.monitors",
+    ("ground", ["imgclf._tf", "imgclf._version", "imgclf.errors", "imgclf.interrupts", "imgclf.monitors",
                 "imgclf.runs", "imgclf.config", "imgclf.layers"]),
     ("data", ["imgclf.data"]),
     ("reports", ["imgclf.reports"]),
@@ -20,6 +20,8 @@ FLOORS = [
     ("training", ["imgclf.training"]),
     ("jobs", ["imgclf.tune", "imgclf.evaluate", "imgclf.predict", "imgclf.compare", "imgclf.inspect",
               "imgclf.export"]),
+    # the package root re-exports the API (imgclf.train, ...): it stands on the API's floor
+    ("api", ["imgclf", "imgclf.api"]),
     ("commands", ["imgclf.cli", "imgclf.__main__"]),
 ]
 
@@ -46,7 +48,9 @@ def imports(name: str, path: Path, known: dict) -> set[str]:
             if node.level:
                 up = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(up + ([node.module] if node.module else []))
-            targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            # `from imgclf import interrupts` imports the module imgclf.interrupts; `from imgclf
+            # import __version__` imports the package root itself
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
         else:
             continue
         for target in targets:
@@ -61,7 +65,7 @@ def floor(name: str) -> int:
     best, level = -1, None
     for i, (_, prefixes) in enumerate(FLOORS):
         for prefix in prefixes:
-            under = name.startswith(prefix + ".") and prefix != "imgclf"  # the package alone is ground
+            under = name.startswith(prefix + ".") and prefix != "imgclf"  # the root: only itself
             if (name == prefix or under) and len(prefix) > best:
                 best, level = len(prefix), i
     return level

@@ -1,3 +1,45 @@
-"""imgclf: image-classification experiments with Keras 3 on TensorFlow, from one YAML file."""
+"""imgclf: image-classification experiments with Keras 3 on TensorFlow, from one YAML file.
 
-__version__ = "0.1.0"
+The Python API (imgclf.api) loads on first use: ``import imgclf`` stays free of TensorFlow,
+so `imgclf --help` never waits for it.
+"""
+
+import sys
+import types
+
+from imgclf._version import __version__
+from imgclf.errors import ConfigError, DataError, ImgclfError, ModelError, TrainingError
+
+_API = ("train", "resume", "tune", "load", "compare", "Run", "Evaluation")
+
+__all__ = ["ConfigError", "DataError", "ImgclfError", "ModelError", "TrainingError", "__version__", *_API]
+
+
+def __getattr__(name: str):
+    """``imgclf.train`` and the rest of the API (PEP 562), imported on first use with
+    TensorFlow first, quietly."""
+    if name not in _API:
+        raise AttributeError(f"module 'imgclf' has no attribute {name!r}")
+    from imgclf._tf import import_tensorflow
+
+    import_tensorflow()
+    from imgclf import api
+
+    globals().update({n: getattr(api, n) for n in _API})
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})
+
+
+class _Package(types.ModuleType):
+    """The package, whose ``compare`` and ``tune`` stay the API's functions: importing the
+    submodules imgclf.compare and imgclf.tune would set those names to the modules."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if not (name in _API and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -13,7 +13,6 @@ import typer
 from imgclf import interrupts
 from imgclf._tf import import_tensorflow
 from imgclf.errors import ConfigError, ImgclfError, ModelError
-from imgclf.runs import ensure_writable
 
 app = typer.Typer(
     add_completion=False,
@@ -78,13 +77,9 @@ def train(
             run_dir = _load("training.trainer").resume(resume, echo=typer.echo)
         else:
             # config errors come before TensorFlow's slow import
-            cfg = _load("config", tensorflow=False).load_config(config, set_)
-            ensure_writable(out or cfg.output.dir)
+            cfg = _load("training.request", tensorflow=False).train_config(config, set_, out)
             setup = None
             if cfg.train.strategy == "multi_worker":
-                # a missing or malformed TF_CONFIG is one line, before the import
-                _load("training.cluster", tensorflow=False).tf_config()
-
                 def setup():
                     _load("training.distribute", tensorflow=False).start_multi_worker()
             trainer = _load("training.trainer", setup=setup)
@@ -142,10 +137,7 @@ def tune(
         elif resume is not None:
             tune_dir = _load("tune").resume(resume, max_trials=more_trials, echo=typer.echo)
         else:
-            if out is not None and directory is not None:
-                raise ImgclfError("give --out (a parent folder) or --dir (the exact directory), not both")
-            cfg = load_config(config, set_)
-            ensure_writable(directory.parent if directory else out or cfg.output.dir)
+            cfg = _load("training.request", tensorflow=False).tune_config(config, set_, out, directory)
             tune_dir = _load("tune").tune(cfg, out=str(out) if out else None,
                                           directory=str(directory) if directory else None, echo=typer.echo)
     typer.echo(str(tune_dir))
@@ -237,8 +229,6 @@ def evaluate(
     """Recompute metrics, plots and report.html from a saved model; the last line printed is
     the folder written."""
     with _handled():
-        if split is not None and split not in ("val", "test"):
-            raise ImgclfError(f"Unknown `--split`. Received: split={split} (known: val, test)")
         if not ensemble and len(run_dirs) != 1:
             raise ImgclfError(f"evaluate takes one run directory (or --ensemble with several). "
                               f"Received: {len(run_dirs)}")

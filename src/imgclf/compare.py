@@ -149,6 +149,12 @@ def compare(paths: list, *, sort: str | None = None, fmt: str = "table", plot: s
             warn=print) -> str:
     """The table as text in ``fmt``; with ``plot``, a PNG of the validation curves."""
     _check_format(fmt)
+    return render(table_of(paths, sort=sort, plot=plot, warn=warn), fmt)
+
+
+def table_of(paths: list, *, sort: str | None = None, plot: str | None = None, warn=print) -> pd.DataFrame:
+    """One row per run (sorted by ``sort``), each unfinished run warned about; with ``plot``,
+    a PNG of the validation curves."""
     if plot is not None and Path(plot).suffix.lower() != ".png":
         raise ConfigError(f"--plot must end in .png. Received: plot={plot}")
     if plot is not None and not Path(plot).parent.is_dir():
@@ -161,4 +167,4 @@ def compare(paths: list, *, sort: str | None = None, fmt: str = "table", plot: s
         warn(w)
     if plot is not None:
         plot_val_curves({r: histories[r] for r in table["run"] if r in histories}, Path(plot))
-    return render(table, fmt)
+    return table

@@ -111,6 +111,11 @@ class EvalData:
         return predict_probs(model, ds, tta)
 
 
+def check_split(split: str | None) -> None:
+    if split is not None and split not in ("val", "test"):
+        raise ConfigError(f"Unknown `--split`. Received: split={split} (known: val, test)")
+
+
 def _summary(split: str, m: dict) -> str:
     auc = f"{m['roc_auc_ovr']:.4f}" if m.get("roc_auc_ovr") is not None else "n/a"
     return (f"{split}: accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f}, "
@@ -120,6 +125,7 @@ def _summary(split: str, m: dict) -> str:
 def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | None = None,
                  tta: str | None = None, name: str | None = None, unsafe: bool = False,
                  echo=print) -> Path:
+    check_split(split)
     check_tta(tta)
     if name and (name in (".", "..") or Path(name).name != name):
         raise ConfigError(f"--name must be one folder name under RUN_DIR/eval/. Received: name={name}")
@@ -166,6 +172,7 @@ def evaluate_ensemble(run_dirs: list, *, data: str | None = None, split: str | N
                       echo=print) -> Path:
     """Average the members' probabilities on the first member's data (or --data); each member
     sees the items at its own input size and channels."""
+    check_split(split)
     check_tta(tta)
     if len(run_dirs) < 2:
         raise ConfigError(f"--ensemble needs at least two run directories. Received: {len(run_dirs)}")

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from imgclf import __version__, interrupts
+from imgclf import interrupts
+from imgclf._version import __version__
 from imgclf.errors import ConfigError, DataError, ImgclfError, first_line
 
 MANIFEST = "run.json"

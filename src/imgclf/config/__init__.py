@@ -22,6 +22,7 @@ from imgclf.config.loading import (
     dump_yaml,
     get_key,
     load_config,
+    override_items,
     parse_override,
     to_dict,
     typed_space,
@@ -48,6 +49,6 @@ __all__ = [
     "AugmentStep", "BatchGrowth", "Config", "DataConfig", "EarlyStoppingConfig", "LossConfig",
     "ModelConfig", "OptimizerConfig", "OutputConfig", "PhasesConfig", "ScheduleConfig", "SpaceSpec",
     "TrainConfig", "TuneConfig",
-    "apply_overrides", "dump_yaml", "get_key", "load_config", "parse_override", "to_dict", "typed_space",
-    "valid_keys", "with_values",
+    "apply_overrides", "dump_yaml", "get_key", "load_config", "override_items", "parse_override", "to_dict",
+    "typed_space", "valid_keys", "with_values",
 ]

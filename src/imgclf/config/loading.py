@@ -3,6 +3,7 @@ copy with tuned values set; the resolved copy written back as YAML."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,14 @@ def _read_yaml(path: Path) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(raw).__name__}")
     return raw
+
+
+def _as_dict(mapping: Mapping) -> dict:
+    return {k: _as_dict(v) if isinstance(v, Mapping) else v for k, v in mapping.items()}
+
+
+def _name(item) -> str:
+    return "config" if isinstance(item, Mapping) else str(item)
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -74,6 +83,36 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
+def override_items(overrides: Mapping | list | tuple | None) -> list[str]:
+    """``{"train.epochs": 3}`` as ``["train.epochs=3"]`` (the Python API's overrides), each
+    value written as YAML, a string as it is (as after ``--set key=``); a list of
+    ``key=value`` strings stays as it is."""
+    if overrides is None:
+        return []
+    if not isinstance(overrides, Mapping):
+        return [str(item) for item in overrides]
+    items = []
+    for key, value in overrides.items():
+        if not isinstance(value, str):
+            try:
+                value = yaml.safe_dump(_plain(value), default_flow_style=True, width=2**31,
+                                       sort_keys=False)
+            except yaml.YAMLError:
+                raise ConfigError(f"overrides: {key}: {type(value).__name__} is not a config value") from None
+            value = value.removesuffix("...\n").strip()  # a scalar ends its document with "..."
+        items.append(f"{key}={value}")
+    return items
+
+
+def _plain(value):
+    """Tuples as lists and NumPy scalars as Python's, which YAML writes."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value.item() if hasattr(value, "item") and not isinstance(value, str) else value
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     out = dict(raw)
     for item in overrides:
@@ -102,17 +141,18 @@ def _validate(raw: dict, origin: str) -> Config:
         raise ConfigError(f"{origin}: {first_error(exc)}") from None
 
 
-def load_config(path: str | Path | list | tuple | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | Mapping | list | tuple | None = None,
+                overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file(s) in order (differences only; a later file wins), then
-    --set overrides, validated once."""
-    paths = [] if path is None else [path] if isinstance(path, str | Path) else list(path)
+    --set overrides, validated once. A mapping stands for a file's contents (the Python API)."""
+    paths = [] if path is None else [path] if isinstance(path, str | Path | Mapping) else list(path)
     raw: dict = {}
     origin = "config"
     for item in paths:
-        part = _read_yaml(Path(item))
-        _validate(part, str(item))  # each file alone first, so an error names its file
+        part = _as_dict(item) if isinstance(item, Mapping) else _read_yaml(Path(item))
+        _validate(part, _name(item))  # each file alone first, so an error names its file
         raw = _deep_merge(raw, part)
-        origin = " + ".join(str(p) for p in paths)
+        origin = " + ".join(_name(p) for p in paths)
     if overrides:
         _validate(raw, origin)
         raw = apply_overrides(_deep_merge({}, raw), overrides)

@@ -29,6 +29,15 @@ def _to_channels(images: tf.Tensor, have: int, want: int) -> tf.Tensor:
     return tf.image.rgb_to_grayscale(images)
 
 
+def model_input(images: tf.Tensor, size: tuple[int, int], have: int, want: int) -> tf.Tensor:
+    """A batch of array images (0..255, any number type) as a model takes them: float32, at
+    ``size`` (bilinear, antialiased) where they are not, with ``want`` channels."""
+    images = tf.cast(images, tf.float32)
+    if tuple(images.shape[1:3]) != tuple(size):
+        images = tf.image.resize(images, size, method="bilinear", antialias=True)
+    return _to_channels(images, have, want)
+
+
 def make_dataset(
     split: Split,
     *,
@@ -56,11 +65,9 @@ def make_dataset(
         have = 3
         ds = tf.data.Dataset.from_tensor_slices((tf.constant(split.files), labels))
         ds = ds.map(lambda p, y: (decode_image(p, size), y), num_parallel_calls=AUTOTUNE)
-        resize_batches = False
     else:
         have = int(split.x.shape[-1])
         ds = tf.data.Dataset.from_tensor_slices((split.x, labels))
-        resize_batches = tuple(split.x.shape[1:3]) != size
     if cache:
         ds = ds.cache()
     if training:
@@ -69,11 +76,8 @@ def make_dataset(
     ds = ds.batch(batch_size)
 
     def per_batch(images, y):
-        images = tf.cast(images, tf.float32)
-        if resize_batches:
-            images = tf.image.resize(images, size, method="bilinear", antialias=True)
-        images = _to_channels(images, have, channels)
-        return images, tf.one_hot(y, num_classes, dtype=tf.float32)
+        # decoded files are at ``size`` already: model_input resizes only arrays of another size
+        return model_input(images, size, have, channels), tf.one_hot(y, num_classes, dtype=tf.float32)
 
     ds = ds.map(per_batch, num_parallel_calls=AUTOTUNE)
     if augment:

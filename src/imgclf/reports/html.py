@@ -121,3 +121,22 @@ def render(
         + "\n".join(parts)
         + "\n</body></html>\n"
     )
+
+
+def summary(title: str, subtitle: str, metrics: dict[str, dict], figures: list[tuple[Path, str]]) -> str:
+    """A run in a notebook cell (Jupyter's ``_repr_html_``): its name, one line of what it is,
+    accuracy, loss and macro F1 per split, and ``figures`` side by side (those that exist)."""
+    splits = [s for s in ("val", "test") if isinstance(metrics.get(s), dict)]
+    parts = [f"<p><b>{html.escape(title)}</b><br>{html.escape(subtitle)}</p>"]
+    if splits:
+        head = "".join(f"<th>{html.escape(s)}</th>" for s in splits)
+        rows = "".join(f"<tr><td>{key}</td>" + "".join(f"<td>{_fmt(metrics[s].get(key))}</td>"
+                                                       for s in splits) + "</tr>"
+                       for key in ("accuracy", "loss", "f1_macro"))
+        parts.append(f"<table><tr><th></th>{head}</tr>{rows}</table>")
+    images = "".join(f'<img src="{data_uri(png)}" alt="{html.escape(caption)}" '
+                     'style="max-width:48%;display:inline-block;vertical-align:top">'
+                     for png, caption in figures if png.exists())
+    if images:
+        parts.append(f"<div>{images}</div>")
+    return "<div>" + "".join(parts) + "</div>"
