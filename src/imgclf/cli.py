@@ -66,14 +66,20 @@ def train(
         None, "--resume", help="Continue an interrupted run in RUN_DIR from its last finished epoch.",
         metavar="RUN_DIR",
     ),
+    folds: int | None = typer.Option(
+        None, "--folds", help="k-fold cross-validation: K runs on stratified folds and their summary "
+        "(the same as --set data.folds=K).", metavar="K",
+    ),
 ) -> None:
     """Train a model; the last line printed is the run directory."""
     _terminate_like_ctrl_c()
     with _handled():
+        if folds is not None:
+            set_ = [*set_, f"data.folds={folds}"]
         if resume is not None:
             if config or set_ or out is not None:
                 raise ImgclfError("--resume takes the run's own config.yaml; it cannot be combined "
-                                  "with --config, --set or --out")
+                                  "with --config, --set, --folds or --out")
             run_dir = _load("training.trainer").resume(resume, echo=typer.echo)
         else:
             # config errors come before TensorFlow's slow import

@@ -21,6 +21,9 @@ from imgclf.runs import MANIFEST, ensure_writable, live_status, read_json, read_
 
 COLUMNS = ["run", "status", "model", "params", "epochs", "best_epoch", "train_time_s",
            "val_accuracy", "val_loss", "val_f1_macro", "test_accuracy", "test_loss", "test_f1_macro"]
+# k-fold runs (cv.json): their metric cells are the mean over the folds, and these say the spread;
+# the columns appear when a k-fold run is in the table
+KFOLD_COLUMNS = ["folds", "val_accuracy_std", "val_f1_macro_std", "test_accuracy_std", "test_f1_macro_std"]
 ASCENDING = ("run", "status", "model", "params", "epochs", "best_epoch", "train_time_s",
              "val_loss", "test_loss")
 FORMATS = ("table", "csv", "markdown")
@@ -85,18 +88,35 @@ def collect(runs: list[Path]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], li
             "epochs": manifest.get("epochs") or (len(history) if history is not None else None),
             "best_epoch": manifest.get("best_epoch"), "train_time_s": manifest.get("train_time_s"),
         }
+        cv = _cv(run) if status == "finished" else None
         for split in ("val", "test"):
             for key in ("accuracy", "loss", "f1_macro"):
-                row[f"{split}_{key}"] = metrics.get(split, {}).get(key)
+                row[f"{split}_{key}"] = (cv["mean"] if cv else metrics).get(split, {}).get(key)
+        if cv:
+            row["folds"] = cv.get("folds")
+            for column in KFOLD_COLUMNS[1:]:  # e.g. val_accuracy_std: std["val"]["accuracy"]
+                split, _, metric = column.removesuffix("_std").partition("_")
+                row[column] = cv["std"].get(split, {}).get(metric)
         rows.append(row)
-    return pd.DataFrame(rows, columns=COLUMNS), histories, warnings
+    table = pd.DataFrame(rows, columns=COLUMNS + KFOLD_COLUMNS)
+    if table["folds"].isna().all():
+        table = table[COLUMNS]
+    return table, histories, warnings
+
+
+def _cv(run: Path) -> dict | None:
+    """A k-fold run's cv.json (mean and std over its folds), else None."""
+    try:
+        return read_json(run / "cv.json") if (run / "cv.json").exists() else None
+    except DataError:
+        return None
 
 
 def sort_rows(table: pd.DataFrame, key: str | None) -> pd.DataFrame:
     if key is None:
         return table
-    if key not in COLUMNS:
-        more = did_you_mean(key, COLUMNS) or f" (known: {', '.join(COLUMNS)})"
+    if key not in table.columns:
+        more = did_you_mean(key, list(table.columns)) or f" (known: {', '.join(table.columns)})"
         raise ConfigError(f"Unknown `--sort` column. Received: sort={key}{more}")
     return table.sort_values(key, ascending=key in ASCENDING, na_position="last", kind="stable")
 
@@ -106,7 +126,7 @@ def _cell(col: str, value, plain: bool) -> str:
         return "" if plain else "-"
     if col == "params":
         return str(int(value)) if plain else f"{int(value):,}"
-    if col in ("epochs", "best_epoch"):
+    if col in ("epochs", "best_epoch", "folds"):
         return str(int(value))
     if col == "train_time_s":
         return f"{value:.1f}"
@@ -123,26 +143,27 @@ def _check_format(fmt: str) -> None:
 def render(table: pd.DataFrame, fmt: str = "table") -> str:
     _check_format(fmt)
     plain = fmt == "csv"
-    cells = [[_cell(c, row[c], plain) for c in COLUMNS]
+    columns = list(table.columns)
+    cells = [[_cell(c, row[c], plain) for c in columns]
              for row in table.astype(object).where(table.notna(), None).to_dict("records")]
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(COLUMNS)
+        writer.writerow(columns)
         writer.writerows(cells)
         return buf.getvalue()
     left = {"run", "status", "model"}
     if fmt == "markdown":
-        lines = ["| " + " | ".join(COLUMNS) + " |",
-                 "|" + "|".join(" --- " if c in left else " ---: " for c in COLUMNS) + "|"]
+        lines = ["| " + " | ".join(columns) + " |",
+                 "|" + "|".join(" --- " if c in left else " ---: " for c in columns) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in cells]
         return "\n".join(lines) + "\n"
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(COLUMNS)]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
 
     def line(values):
-        return "  ".join(v.ljust(w) if c in left else v.rjust(w) for c, v, w in zip(COLUMNS, values, widths))
+        return "  ".join(v.ljust(w) if c in left else v.rjust(w) for c, v, w in zip(columns, values, widths))
 
-    return "\n".join([line(COLUMNS), *(line(r).rstrip() for r in cells)]) + "\n"
+    return "\n".join([line(columns), *(line(r).rstrip() for r in cells)]) + "\n"
 
 
 def compare(paths: list, *, sort: str | None = None, fmt: str = "table", plot: str | None = None,

@@ -31,6 +31,19 @@ class DataConfig(Section):
     cache: bool = True
     shuffle_buffer: PositiveInt = 10_000
     class_names: list[str] | None = None
+    folds: Int = Field(0, ge=0)
+    fold: Int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_fold_of_folds(self):
+        if self.folds == 1:
+            raise ValueError("folds: 0 (off) or at least 2 folds")
+        if self.fold is not None and not self.folds:
+            raise ValueError("fold names one of data.folds' folds: set data.folds too")
+        if self.fold is not None and self.fold > self.folds:
+            raise ValueError(f"fold must be between 1 and data.folds ({self.folds}). "
+                             f"Received: fold={self.fold}")
+        return self
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -71,6 +84,7 @@ class TuneConfig(Section):
     algorithm: Literal["random", "bayesian", "hyperband"] = "random"
     max_trials: PositiveInt = 10
     executions_per_trial: PositiveInt = 1
+    folds: Int = Field(0, ge=0)
     objective: str = "val_accuracy"
     direction: Literal["auto", "min", "max"] = "auto"
     hyperband_factor: Int = Field(3, ge=2)
@@ -90,6 +104,12 @@ class TuneConfig(Section):
             if key.split(".")[0] in ("tune", "output"):
                 raise ValueError(f"{key} cannot be tuned (the search sets the tune and output sections)")
         return space
+
+    @model_validator(mode="after")
+    def _no_single_fold(self):
+        if self.folds == 1:
+            raise ValueError("folds: 0 (off) or at least 2 folds")
+        return self
 
     @model_validator(mode="after")
     def _hyperband_owns_epochs(self):

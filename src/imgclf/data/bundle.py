@@ -17,6 +17,16 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    @staticmethod
+    def concat(parts: list[Split]) -> Split:
+        """The items of ``parts``, one after the other."""
+        return Split(
+            y=np.concatenate([p.y for p in parts]),
+            ids=[i for p in parts for i in p.ids],
+            x=None if parts[0].x is None else np.concatenate([p.x for p in parts]),
+            files=None if parts[0].files is None else [f for p in parts for f in p.files],
+        )
+
     def take(self, idx: np.ndarray) -> Split:
         return Split(
             y=self.y[idx],

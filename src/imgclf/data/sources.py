@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 from imgclf.config import DataConfig
 from imgclf.data.bundle import DataBundle, Split
 from imgclf.data.scan import find_images, printable, unreadable_images, visible_subdirs
-from imgclf.data.splits import split_indices
+from imgclf.data.splits import fold_of, split_indices
 from imgclf.errors import ConfigError, DataError
 
 DEFAULT_IDX_PATH = "/usr/share/datasets/fashion-mnist"
@@ -277,4 +277,6 @@ def load_data(cfg: DataConfig, seed: int) -> DataBundle:
         raise ConfigError(
             "no validation data: set data.val_split > 0 (or give the folder a val/ sub-folder)"
         )
+    if cfg.folds:  # k-fold cross-validation: one fold of train and val pooled is the validation split
+        bundle = fold_of(bundle, cfg.folds, cfg.fold or 1, seed)
     return bundle

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-from sklearn.model_selection import train_test_split
+import dataclasses
 
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from imgclf.data.bundle import DataBundle, Split
 from imgclf.errors import ConfigError, DataError
 
 
@@ -65,3 +68,22 @@ def split_indices(
         idx, out["val"] = _stratified(idx, y, val_split, seed, "validation")
     out["train"] = idx
     return out
+
+
+def fold_of(bundle: DataBundle, folds: int, fold: int, seed: int) -> DataBundle:
+    """Fold ``fold`` (1..``folds``) of a stratified k-fold over the training data (train and
+    val pooled): that fold is the validation split, the other folds the training split, and
+    a test split stays as it was. The same ``seed`` gives the same folds for every fold."""
+    pool = Split.concat([bundle.splits["train"], bundle.splits["val"]])
+    counts = np.bincount(pool.y, minlength=bundle.num_classes)
+    if counts.min() < folds:
+        smallest = bundle.class_names[int(counts.argmin())]
+        raise DataError(f"data.folds={folds}: class {smallest} has only {counts.min()} training items; "
+                        "every class needs at least one per fold")
+    kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    parts = kfold.split(np.zeros(len(pool)), pool.y)
+    train, val = list(parts)[fold - 1]
+    splits = {"train": pool.take(np.sort(train)), "val": pool.take(np.sort(val))}
+    if "test" in bundle.splits:
+        splits["test"] = bundle.splits["test"]
+    return dataclasses.replace(bundle, splits=splits)

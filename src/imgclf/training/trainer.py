@@ -12,6 +12,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import keras
+
 from imgclf import interrupts
 from imgclf.config import Config, dump_yaml, load_config
 from imgclf.data import DataBundle
@@ -23,12 +25,14 @@ from imgclf.runs import (
     Manifest,
     default_run_name,
     holding,
+    new_run_dir,
     read_manifest,
     refuse_if_running,
     write_text,
 )
 from imgclf.training.callbacks import CHECKPOINT_DIR, CHECKPOINT_WEIGHTS, read_checkpoint
 from imgclf.training.distribute import barrier
+from imgclf.training.folds import KIND, fold_dirs, fold_status, is_kfold, write_summary
 from imgclf.training.loop import Fitted, Run, checkpoint_phase, fit_all
 from imgclf.training.phases import is_partial, is_phased
 from imgclf.training.setup import build_model, distribution, enter_phase, prepare, seed_everything
@@ -40,7 +44,10 @@ def train(cfg: Config, out: str | None = None, echo=print, *, on_run_dir=None,
     multi_worker worker other than the chief, which writes no run directory).
     ``on_run_dir(path)`` hears of the run directory as soon as it exists (a sweep keeps its
     trials' directories, failed ones too); ``resume_hint=False`` leaves out the line that says
-    how to resume an interrupted run (a sweep resumes its own way)."""
+    how to resume an interrupted run (a sweep resumes its own way). With data.folds and no
+    data.fold, it trains every fold and their summary (a k-fold run: training/folds.py)."""
+    if cfg.data.folds and cfg.data.fold is None:
+        return _train_folds(cfg, out, echo, on_run_dir, resume_hint)
     # a model that cannot be built, weights that do not fit, or a recipe the optimizer
     # refuses all fail before a run directory exists
     prep, dist, model, entered = _assemble(cfg, echo)
@@ -67,11 +74,76 @@ def resume(run_dir: str | Path, echo=print) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file() or not (run_dir / MANIFEST).is_file():
         raise ConfigError(f"--resume {run_dir}: not an imgclf run directory (no config.yaml / {MANIFEST})")
+    if is_kfold(run_dir):
+        return _resume_folds(run_dir, echo)
     with holding(run_dir):  # from the first check to the end: two resumes cannot both pass it
         cfg, state = _resumable(run_dir, echo)
         run = _restored(run_dir, cfg, state, echo)
         with run.manifest.closing(on_interrupt=lambda: _say_interrupted(run, True)):
             return _train_in(run)
+
+
+def _train_folds(cfg: Config, out, echo, on_run_dir, resume_hint: bool) -> Path:
+    """A k-fold run: its parent directory, then each fold's run in it, then the summary."""
+    if cfg.train.strategy == "multi_worker":
+        raise ConfigError("data.folds trains its folds one after another in one process; use another "
+                          "train.strategy than multi_worker")
+    prepare(_fold_config(cfg, 1))  # the data's and the config's errors, before anything is made
+    parent = new_run_dir(out or cfg.output.dir, f"{default_run_name(cfg)}-{cfg.data.folds}fold")
+    if on_run_dir is not None:
+        on_run_dir(parent)
+    with holding(parent):
+        manifest = Manifest(parent, "train --folds")
+        manifest.update(kind=KIND, folds=cfg.data.folds, model=cfg.model.name)
+        write_text(parent / "config.yaml", dump_yaml(cfg))
+        return _run_folds(parent, cfg, manifest, echo, resume_hint)
+
+
+def _resume_folds(parent: Path, echo) -> Path:
+    """A k-fold run goes on at the fold it was in: finished folds stay, an interrupted one resumes."""
+    with holding(parent):
+        recorded = read_manifest(parent / MANIFEST)
+        refuse_if_running(recorded, parent)
+        if recorded.get("status") == "finished":
+            raise ConfigError(f"--resume {parent}: this k-fold run already finished")
+        cfg = load_config(parent / "config.yaml")
+        return _run_folds(parent, cfg, Manifest.reopen(parent), echo, True)
+
+
+def _run_folds(parent: Path, cfg: Config, manifest: Manifest, echo, resume_hint: bool) -> Path:
+    def interrupted():
+        echo(f"interrupted; every finished fold and epoch is saved in {parent}")
+        if resume_hint:
+            echo(f"resume with: imgclf train --resume {parent}")
+
+    k = cfg.data.folds
+    with manifest.closing(on_interrupt=interrupted):
+        for i in range(1, k + 1):
+            started = fold_dirs(parent).get(i)
+            if started is not None and fold_status(started) == "finished":
+                continue
+            echo(f"fold {i} of {k}" + (f": resuming {started.name}" if started else ""))
+            keras.backend.clear_session()  # each fold's model starts from a clean slate
+            if started is not None and (started / MANIFEST).is_file():
+                resume(started, echo)
+            else:
+                train(_fold_config(cfg, i), out=str(parent), echo=echo, resume_hint=False)
+        bundle = prepare(_fold_config(cfg, 1)).bundle
+        cv = write_summary(parent, fold_dirs(parent), bundle.class_names, bundle.id_column)
+        runs = [read_manifest(d / MANIFEST) for d in fold_dirs(parent).values()]
+        manifest.close("finished", params=runs[0].get("params"),
+                       train_time_s=round(sum(r.get("train_time_s") or 0 for r in runs), 3))
+    parts = [f"{s} accuracy {cv['mean'][s]['accuracy']:.4f} +- {cv['std'][s]['accuracy']:.4f}"
+             for s in ("val", "test") if s in cv["mean"]]
+    echo(f"done: {k} folds, " + ", ".join(parts) + " (mean +- std over the folds)")
+    return parent
+
+
+def _fold_config(cfg: Config, fold: int) -> Config:
+    one = cfg.model_copy(deep=True)
+    one.data.fold = fold
+    one.output.name = f"fold{fold}"
+    return one
 
 
 def _resumable(run_dir: Path, echo) -> tuple[Config, dict | None]:

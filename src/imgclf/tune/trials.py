@@ -13,6 +13,7 @@ import pandas as pd
 from imgclf.config import Config, TuneConfig, with_values
 from imgclf.errors import ImgclfError, TrainingError, first_line
 from imgclf.runs import MANIFEST, read_json, read_manifest, write_json
+from imgclf.training.folds import fold_dirs, is_kfold
 from imgclf.training.trainer import train
 
 TRIALS = "trials"
@@ -22,6 +23,8 @@ def trial_config(cfg: Config, values: dict, name: str, seed_offset: int = 0) -> 
     """The config a trial trains with: the tuned values set, its own run name, and a neutral
     tune section (a trial's config.yaml is a plain training config)."""
     base = cfg.model_copy(deep=True)
+    if cfg.tune.folds:  # each trial is a k-fold run, scored by the mean over its folds
+        base.data.folds = cfg.tune.folds
     base.tune = TuneConfig()
     seed = values.get("seed", cfg.seed) + seed_offset
     return with_values(base, {**values, "seed": seed, "output.name": name})
@@ -90,4 +93,7 @@ def _execute(cfg: Config, trials_dir: Path, trial_id: str, values: dict, k: int,
     keras.backend.clear_session()
     run_dir = train(trial_config(cfg, values, name, k), out=str(trials_dir), echo=echo,
                     on_run_dir=runs.append, resume_hint=False)
+    if is_kfold(run_dir):
+        scores = [trial_score(fold, cfg.tune.objective) for fold in fold_dirs(run_dir).values()]
+        return sum(scores) / len(scores)
     return trial_score(run_dir, cfg.tune.objective)
