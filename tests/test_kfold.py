@@ -143,3 +143,11 @@ def test_tune_scores_a_trial_by_the_mean_over_its_folds(tmp_path):
         best = json.loads((run / "run.json").read_text())["best_epoch"]
         scores.append(float(history.loc[history.epoch == best, "val_accuracy"].iloc[-1]))
     assert len(scores) == 2 and record["objective"] == pytest.approx(np.mean(scores))
+
+
+def test_the_python_api_loads_a_kfold_run_with_its_spread(kfold_run):
+    import imgclf
+
+    run = imgclf.load(kfold_run)
+    assert run.cv == json.loads((kfold_run / "cv.json").read_text())
+    assert run.metrics["val"]["n"] == len(pd.read_csv(kfold_run / "predictions.csv").query("split == 'val'"))

@@ -33,6 +33,7 @@ from imgclf.reports.html import summary
 from imgclf.runs import MANIFEST, live_status, prob_columns, read_json, read_manifest
 from imgclf.saved import open_run
 from imgclf.training import trainer
+from imgclf.training.folds import CV
 from imgclf.training.request import train_config, tune_config
 from imgclf.tune import tune as tune_search
 
@@ -125,6 +126,13 @@ class Run:
         the run has finished."""
         path = self.path / "metrics.json"
         return read_json(path) if path.exists() else {}
+
+    @property
+    def cv(self) -> dict | None:
+        """A k-fold run's cv.json: {"folds": K, "mean": {split: {metric: ...}}, "std": ...}; None
+        for any other run (its fold runs are its folds.csv's ``run`` column, inside it)."""
+        path = self.path / CV
+        return read_json(path) if path.exists() else None
 
     @property
     def history(self) -> pd.DataFrame:
