@@ -241,7 +241,7 @@ def test_compare_gives_one_row_per_run(run, cli_run, tmp_path):
     with pytest.warns(UserWarning, match="stopped is interrupted, not finished"):
         table = imgclf.compare(runs)
     assert table["run"].tolist() == ["stopped"] and pd.isna(table.loc[0, "val_accuracy"])
-    # the names stay the API's even after the CLI imported its modules of the same names
+    # the names stay the API's after the CLI imported its jobs (imgclf.comparison, imgclf.tuning)
     assert runner.invoke(app, ["compare", str(run.path)]).exit_code == 0
     assert imgclf.compare is imgclf.api.compare and imgclf.tune is imgclf.api.tune
 

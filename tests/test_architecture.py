@@ -18,7 +18,7 @@ FLOORS = [
     ("reports", ["imgclf.reports"]),
     ("models", ["imgclf.models", "imgclf.saved", "imgclf.inference", "imgclf.exported"]),
     ("training", ["imgclf.training"]),
-    ("jobs", ["imgclf.tune", "imgclf.evaluate", "imgclf.predict", "imgclf.compare", "imgclf.inspect",
+    ("jobs", ["imgclf.tuning", "imgclf.evaluate", "imgclf.predict", "imgclf.comparison", "imgclf.inspect",
               "imgclf.export"]),
     # the package root re-exports the API (imgclf.train, ...): it stands on the API's floor
     ("api", ["imgclf", "imgclf.api"]),

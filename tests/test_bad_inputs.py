@@ -679,13 +679,13 @@ def test_predict_exits_non_zero_when_no_file_could_be_read(hostile, tmp_path):
 
 
 def test_a_bug_of_ours_is_one_line_unless_debugging(monkeypatch, capsys):
-    import imgclf.compare
+    import imgclf.comparison
     from imgclf.cli import main
 
     def broken(*args, **kwargs):
         raise RuntimeError("something we did not foresee\nover two lines")
 
-    monkeypatch.setattr(imgclf.compare, "compare", broken)
+    monkeypatch.setattr(imgclf.comparison, "compare", broken)
     monkeypatch.setattr(sys, "argv", ["imgclf", "compare", "somewhere"])
     monkeypatch.delenv("IMGCLF_DEBUG", raising=False)
     with pytest.raises(SystemExit) as exited:

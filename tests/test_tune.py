@@ -108,7 +108,7 @@ def test_space_keys_are_typed_like_their_config_keys():
 def test_a_stepped_float_range_tries_exactly_its_steps_both_ends_included():
     import keras_tuner
 
-    from imgclf.tune.space import declare, trial_values
+    from imgclf.tuning.space import declare, trial_values
 
     # the README's and configs/tune.yaml's model.dropout: {float: [0.0, 0.5], step: 0.1}
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "tune.yaml",
@@ -350,7 +350,7 @@ def _free_port() -> int:
 
 
 def test_the_chiefs_hint_names_an_address_workers_can_dial():
-    from imgclf.tune.distributed import _dial_address, parse_endpoint
+    from imgclf.tuning.distributed import _dial_address, parse_endpoint
 
     assert _dial_address("0.0.0.0", 8000) == f"{socket.getfqdn()}:8000"  # not the bind-all address
     assert _dial_address(*parse_endpoint("[::]:8000")) == f"{socket.getfqdn()}:8000"
@@ -378,7 +378,7 @@ def test_keras_tuners_chief_misses_a_held_ctrl_c(tmp_path, monkeypatch):
     from keras_tuner.src.distribute import oracle_chief
 
     from imgclf import interrupts
-    from imgclf.tune.distributed import _serve
+    from imgclf.tuning.distributed import _serve
 
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # the interrupt silences it
     oracle = keras_tuner.oracles.RandomSearchOracle(objective=keras_tuner.Objective("val_loss", "min"),

@@ -4,9 +4,6 @@ The Python API (imgclf.api) loads on first use: ``import imgclf`` stays free of 
 so `imgclf --help` never waits for it.
 """
 
-import sys
-import types
-
 from imgclf._version import __version__
 from imgclf.errors import ConfigError, DataError, ImgclfError, ModelError, TrainingError
 
@@ -31,15 +28,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_API})
-
-
-class _Package(types.ModuleType):
-    """The package, whose ``compare`` and ``tune`` stay the API's functions: importing the
-    submodules imgclf.compare and imgclf.tune would set those names to the modules."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if not (name in _API and isinstance(value, types.ModuleType)):
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from imgclf import interrupts
-from imgclf.compare import table_of
+from imgclf.comparison import table_of
 from imgclf.config import Config, override_items
 from imgclf.data.pipeline import model_input
 from imgclf.errors import ConfigError, DataError
@@ -35,7 +35,7 @@ from imgclf.saved import open_run
 from imgclf.training import trainer
 from imgclf.training.folds import CV
 from imgclf.training.request import train_config, tune_config
-from imgclf.tune import tune as tune_search
+from imgclf.tuning import tune as tune_search
 
 
 def train(config=None, overrides=None, *, out: str | Path | None = None, echo=print) -> Run | None:

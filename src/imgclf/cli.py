@@ -129,7 +129,7 @@ def tune(
             if config or set_ or out is not None or resume is not None:
                 raise ImgclfError("--worker reads the chief's TUNE_DIR/config.yaml; it cannot be combined "
                                   "with --config, --set, --out or --resume")
-            tune_dir = _load("tune").worker(str(directory), worker, chief, echo=typer.echo)
+            tune_dir = _load("tuning").worker(str(directory), worker, chief, echo=typer.echo)
         elif chief is not None:
             if resume is None and directory is None:
                 raise ImgclfError("--chief needs --dir TUNE_DIR (the directory its workers share), or "
@@ -137,14 +137,14 @@ def tune(
             if out is not None:
                 raise ImgclfError("--chief takes --dir TUNE_DIR, the exact directory, not --out")
             cfg = load_config(config, set_) if resume is None else None
-            tune_dir = _load("tune").chief(cfg, chief, directory=str(directory) if directory else None,
+            tune_dir = _load("tuning").chief(cfg, chief, directory=str(directory) if directory else None,
                                            resume_dir=str(resume) if resume else None,
                                            max_trials=more_trials, echo=typer.echo)
         elif resume is not None:
-            tune_dir = _load("tune").resume(resume, max_trials=more_trials, echo=typer.echo)
+            tune_dir = _load("tuning").resume(resume, max_trials=more_trials, echo=typer.echo)
         else:
             cfg = _load("training.request", tensorflow=False).tune_config(config, set_, out, directory)
-            tune_dir = _load("tune").tune(cfg, out=str(out) if out else None,
+            tune_dir = _load("tuning").tune(cfg, out=str(out) if out else None,
                                           directory=str(directory) if directory else None, echo=typer.echo)
     typer.echo(str(tune_dir))
 
@@ -319,7 +319,7 @@ def compare(
 ) -> None:
     """One table of runs: model, parameters, epochs, time, val/test accuracy, loss, macro F1."""
     with _handled():
-        text = _load("compare", tensorflow=False).compare(run_dirs, sort=sort, fmt=fmt,
+        text = _load("comparison", tensorflow=False).compare(run_dirs, sort=sort, fmt=fmt,
                                                           plot=str(plot) if plot else None,
                                                           warn=lambda t: typer.echo(t, err=True))
     typer.echo(text, nl=False)

@@ -22,8 +22,8 @@ tune.png), search (checks, the tune directory, the search in one process), distr
 chief and its workers).
 """
 
-from imgclf.tune.distributed import chief, worker
-from imgclf.tune.results import summarize
-from imgclf.tune.search import resume, tune
+from imgclf.tuning.distributed import chief, worker
+from imgclf.tuning.results import summarize
+from imgclf.tuning.search import resume, tune
 
 __all__ = ["chief", "resume", "summarize", "tune", "worker"]

@@ -13,8 +13,8 @@ from imgclf.config import Config, load_config, to_dict, with_values
 from imgclf.errors import TrainingError
 from imgclf.reports.plots import plot_trials
 from imgclf.runs import Manifest, write_text
-from imgclf.tune.space import shown
-from imgclf.tune.trials import TRIALS, records
+from imgclf.tuning.space import shown
+from imgclf.tuning.trials import TRIALS, records
 
 
 def summarize(tune_dir: str | Path) -> dict | None:

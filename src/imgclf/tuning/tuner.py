@@ -1,5 +1,5 @@
 """The KerasTuner side of a search: the oracle of tune.algorithm, a hypermodel that declares
-the space, and a tuner whose ``run_trial`` runs a trial through the trainer (tune/trials.py).
+the space, and a tuner whose ``run_trial`` runs a trial through the trainer (tuning/trials.py).
 
 KerasTuner reads its distributed role (local, chief or worker) from the environment when a
 tuner is built (``set_role``). While it rewrites its oracle's state, a signal is held
@@ -17,8 +17,8 @@ from keras_tuner.src import config as kt_config  # KerasTuner internal: its DEBU
 
 from imgclf import interrupts
 from imgclf.config import Config
-from imgclf.tune.space import declare, shown, trial_values
-from imgclf.tune.trials import TRIALS, ended_record, run_trial
+from imgclf.tuning.space import declare, shown, trial_values
+from imgclf.tuning.trials import TRIALS, ended_record, run_trial
 
 KT_PROJECT = "keras_tuner"
 # KerasTuner stops a search after this many failed trials in a row (its default is 3); ours

@@ -23,9 +23,9 @@ from imgclf import interrupts
 from imgclf.config import Config, load_config
 from imgclf.errors import ConfigError, ImgclfError
 from imgclf.runs import holding, read_manifest
-from imgclf.tune.results import finish, on_interrupt
-from imgclf.tune.search import TUNE_MANIFEST, check, exists, reopen, start_dir
-from imgclf.tune.tuner import CHIEF, make_tuner, set_role
+from imgclf.tuning.results import finish, on_interrupt
+from imgclf.tuning.search import TUNE_MANIFEST, check, exists, reopen, start_dir
+from imgclf.tuning.tuner import CHIEF, make_tuner, set_role
 
 # a worker's tuner state is keras_tuner/<name>.json: these are the oracle's file and the tuner
 # file of a search run in one process

@@ -21,10 +21,10 @@ from imgclf.runs import (
     write_text,
 )
 from imgclf.training.setup import prepare
-from imgclf.tune.results import finish, on_interrupt
-from imgclf.tune.space import declare
-from imgclf.tune.trials import records
-from imgclf.tune.tuner import CHIEF, KT_PROJECT, LOCAL, make_tuner, set_role
+from imgclf.tuning.results import finish, on_interrupt
+from imgclf.tuning.space import declare
+from imgclf.tuning.trials import records
+from imgclf.tuning.tuner import CHIEF, KT_PROJECT, LOCAL, make_tuner, set_role
 
 TUNE_MANIFEST = "tune.json"
 MODES = {LOCAL: "in one process (no --chief)", CHIEF: "with a chief (--chief)"}
