@@ -29,6 +29,7 @@ from imgclf.evaluate import evaluate_run
 from imgclf.export import export_run
 from imgclf.inference import batch_probs, check_tta
 from imgclf.predict import Predictor, iter_probs, list_inputs, load_predictor
+from imgclf.reports.build import run_subtitle
 from imgclf.reports.html import summary
 from imgclf.runs import MANIFEST, live_status, prob_columns, read_json, read_manifest
 from imgclf.saved import open_run
@@ -195,17 +196,10 @@ class Run:
         return f"Run({str(self.path)!r}, status={self.status}, model={model}{score})"
 
     def _repr_html_(self) -> str:
-        m = self.manifest
-        bits = [self.status, m.get("model") or (self.config.model.name if self.config else None)]
-        if m.get("params"):
-            bits.append(f"{m['params']:,} parameters")
-        if m.get("epochs"):
-            bits.append(f"{m['epochs']} epochs (best {m.get('best_epoch')})")
-        if m.get("train_time_s") is not None:
-            bits.append(f"trained in {m['train_time_s']:.1f} s")
         figures = [(self.path / "curves.png", "learning curves"),
                    (self.path / "confusion_matrix.png", "confusion matrix")]
-        return summary(self.name, " · ".join(str(b) for b in bits if b), self.metrics, figures)
+        subtitle = run_subtitle(self.manifest, self.config, self.status)
+        return summary(self.name, subtitle, self.metrics, figures)
 
 
 def _frame(class_names: list[str], id_column: str, ids: list, probs: np.ndarray,

@@ -89,14 +89,7 @@ def run_context(run_dir: Path) -> Context:
     if status in ("failed", "interrupted"):
         ctx.notes.append(f"This run is {status}: the numbers are those of the model it saved last "
                          f"(epoch {manifest.get('best_epoch') or '?'}).")
-    bits = [manifest.get("model") or (cfg.model.name if cfg else None)]
-    if manifest.get("params"):
-        bits.append(f"{manifest['params']:,} parameters")
-    if manifest.get("epochs"):
-        bits.append(f"{manifest['epochs']} epochs (best {manifest.get('best_epoch')})")
-    if manifest.get("train_time_s") is not None:
-        bits.append(f"trained in {manifest['train_time_s']:.1f} s")
-    ctx.subtitle = " · ".join(str(b) for b in bits if b)
+    ctx.subtitle = run_subtitle(manifest, cfg)
     if cfg is not None:
         d = cfg.data
         ctx.facts["data"] = f"{d.source}" + (f" {d.path}" if d.path else "")
@@ -109,6 +102,19 @@ def run_context(run_dir: Path) -> Context:
     if manifest.get("versions"):
         ctx.facts["versions"] = ", ".join(f"{k} {v}" for k, v in manifest["versions"].items())
     return ctx
+
+
+def run_subtitle(manifest: dict, cfg, *first) -> str:
+    """``first`` (e.g. the status), the model, its parameters, epochs and training time, as
+    one line: a report's subtitle and a notebook's summary."""
+    bits = [*first, manifest.get("model") or (cfg.model.name if cfg else None)]
+    if manifest.get("params"):
+        bits.append(f"{manifest['params']:,} parameters")
+    if manifest.get("epochs"):
+        bits.append(f"{manifest['epochs']} epochs (best {manifest.get('best_epoch')})")
+    if manifest.get("train_time_s") is not None:
+        bits.append(f"trained in {manifest['train_time_s']:.1f} s")
+    return " · ".join(str(b) for b in bits if b)
 
 
 def write_reports(run_dir: str | Path) -> dict:
