@@ -65,6 +65,15 @@ def photo_run(tmp_path_factory) -> tuple[Path, Path]:
     return run, data
 
 
+@pytest.fixture(scope="module")
+def pipeline_run(photo_run, tmp_path_factory) -> tuple[Path, Path]:
+    """The same data with the augmentation in the pipeline: a model that never had any."""
+    _, data = photo_run
+    run = train_run(tmp_path_factory.mktemp("pipeline"), "data.source=folder", f"data.path={data}",
+                    f"data.image_size=[{SIZE},{SIZE}]", "data.val_split=0.3", "augment_on=pipeline", IN_MODEL)
+    return run, data
+
+
 def run_plain(code: str, tmp_path: Path) -> dict:
     """``code`` in a fresh Python where `import imgclf` fails; it leaves its answers in out.json."""
     script = tmp_path / "plain.py"
@@ -85,9 +94,10 @@ def test_the_run_trained_with_augmentation_in_the_model_and_saved_without_it(pho
     assert not [la for la in saved.layers if isinstance(la, AUGMENTATION_LAYERS)]
 
 
-@pytest.mark.parametrize("compile_", [True, False])
-def test_model_keras_loads_in_plain_keras_and_predicts_the_same(photo_run, tmp_path, compile_):
-    run, data = photo_run
+@pytest.mark.parametrize("which, compile_", [("photo_run", True), ("photo_run", False),
+                                             ("pipeline_run", True)])
+def test_model_keras_loads_in_plain_keras_and_predicts_the_same(request, tmp_path, which, compile_):
+    run, data = request.getfixturevalue(which)
     x = images_of(data)
     np.save(tmp_path / "x.npy", x)
     got = run_plain(f"""
