@@ -75,6 +75,10 @@ def test_the_summary_is_the_mean_and_spread_of_the_fold_metrics(kfold_run):
     metrics = json.loads((kfold_run / "metrics.json").read_text())  # the reports of the out-of-fold rows
     assert metrics["val"]["n"] == sum(m["val"]["n"] for m in fold_metrics)
     assert {"report.html", "confusion_matrix.png", "per_class.csv"} <= {p.name for p in kfold_run.iterdir()}
+    report = (kfold_run / "report.html").read_text()
+    assert "k-fold cross-validation over 3 folds" in report
+    assert f"val accuracy {cv['mean']['val']['accuracy']:.4f} +- {cv['std']['val']['accuracy']:.4f}" in report
+    assert load_config(kfold_run / "config.yaml").data.image_size == [8, 8]  # the settled config
     assert json.loads((kfold_run / "run.json").read_text())["status"] == "finished"
 
 

@@ -69,6 +69,17 @@ def read_config(path: Path):
         return text, None
 
 
+def _cv_note(cv: dict) -> str:
+    std = cv["std"]
+    spread = "; ".join(f"{split} accuracy {m['accuracy']:.4f} +- {std[split]['accuracy']:.4f}, macro F1 "
+                       f"{m['f1_macro']:.4f} +- {std[split]['f1_macro']:.4f}"
+                       for split, m in cv["mean"].items() if split in ("val", "test"))
+    return (f"k-fold cross-validation over {cv['folds']} folds: the val numbers here are the out-of-fold "
+            "predictions (each image predicted by the fold model that did not train on it), the test "
+            f"numbers the mean of the fold models' probabilities. Over the folds (mean +- std): {spread}; "
+            "each fold's run and numbers are in folds.csv.")
+
+
 def run_context(run_dir: Path) -> Context:
     """A training run's (or an ensemble's) directory describes itself."""
     manifest = read_json(run_dir / MANIFEST) if (run_dir / MANIFEST).exists() else {}
@@ -90,6 +101,8 @@ def run_context(run_dir: Path) -> Context:
         ctx.notes.append(f"This run is {status}: the numbers are those of the model it saved last "
                          f"(epoch {manifest.get('best_epoch') or '?'}).")
     ctx.subtitle = run_subtitle(manifest, cfg)
+    if (run_dir / "cv.json").exists():  # a k-fold run's summary (training/folds.py)
+        ctx.notes.append(_cv_note(read_json(run_dir / "cv.json")))
     if cfg is not None:
         d = cfg.data
         ctx.facts["data"] = f"{d.source}" + (f" {d.path}" if d.path else "")

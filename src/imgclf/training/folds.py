@@ -59,16 +59,15 @@ def write_summary(parent: Path, folds: dict[int, Path], class_names: list[str], 
             raise DataError(f"{parent}: the folds' test sets differ; cannot average their predictions")
         probs = np.mean([t[cols].to_numpy() for t in tests], axis=0)
         splits["test"] = (tests[0][id_column].tolist(), tests[0].true_label.map(index).to_numpy(), probs)
-    write_json(parent / "classes.json", class_names)
-    write_prediction_rows(parent / "predictions.csv", class_names, id_column, splits)
-    write_reports(parent)
-
     table = fold_table(folds)
     with atomic_path(parent / FOLD_TABLE) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     numeric = table.drop(columns=["fold", "run"]).select_dtypes("number")
     cv = {"folds": len(folds), "mean": _nested(numeric.mean()), "std": _nested(numeric.std(ddof=1))}
-    write_json(parent / CV, cv)
+    write_json(parent / CV, cv)  # before the reports: report.html states the spread
+    write_json(parent / "classes.json", class_names)
+    write_prediction_rows(parent / "predictions.csv", class_names, id_column, splits)
+    write_reports(parent)
     return cv
 
 

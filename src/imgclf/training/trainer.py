@@ -88,7 +88,11 @@ def _train_folds(cfg: Config, out, echo, on_run_dir, resume_hint: bool) -> Path:
     if cfg.train.strategy == "multi_worker":
         raise ConfigError("data.folds trains its folds one after another in one process; use another "
                           "train.strategy than multi_worker")
-    prepare(_fold_config(cfg, 1))  # the data's and the config's errors, before anything is made
+    name = cfg.output.name
+    # the data's and the config's errors come before anything is made; the parent's config is the
+    # settled one (image size and channels filled in), as every run's config.yaml
+    cfg = prepare(_fold_config(cfg, 1)).cfg.model_copy(deep=True)
+    cfg.data.fold, cfg.output.name = None, name
     parent = new_run_dir(out or cfg.output.dir, f"{default_run_name(cfg)}-{cfg.data.folds}fold")
     if on_run_dir is not None:
         on_run_dir(parent)
