@@ -16,6 +16,7 @@ from imgclf.data import Split, load_data
 from imgclf.data.pipeline import make_dataset
 from imgclf.data.scan import find_images, printable, skipped_note, unreadable_images, visible_subdirs
 from imgclf.data.sources import PATH_HOLDS
+from imgclf.data.tables import TABLES, read_table
 from imgclf.errors import ConfigError, DataError
 from imgclf.inference import check_tta, load_model, predict_probs, write_prediction_rows
 from imgclf.reports.build import Context, build_reports, write_reports
@@ -56,6 +57,28 @@ def folder_split(root: Path, class_names: list[str]) -> tuple[Split, list[tuple[
     return split, [(printable(p.relative_to(root).as_posix()), r) for p, r in bad] + empty
 
 
+def csv_split(path: Path, run: SavedRun, split: str | None) -> tuple[str, Split, list]:
+    """(split name, its items, bad files) of a CSV of paths and labels (the csv source's layout,
+    with the run's column names where it was a csv run): with a split column, ``split``'s rows."""
+    d = run.cfg.data
+    table = read_table(path, d.path_column, d.label_column, d.split_column or None)
+    unknown = sorted(set(table.labels) - set(run.class_names))
+    if unknown:
+        raise DataError(f"--data {path}: labels the model does not know: {', '.join(unknown)} "
+                        f"(its classes: {', '.join(run.class_names)})")
+    named = set(table.splits) - {""}
+    name = split or ("test" if "test" in named else "val" if "val" in named else "test")
+    rows = [i for i, s in enumerate(table.splits) if not named or s == name]
+    if not rows:
+        raise DataError(f"--data {path}: no rows of the {name} split")
+    bad_set = dict(unreadable_images([table.files[i] for i in rows]))
+    keep = [i for i in rows if table.files[i] not in bad_set]
+    items = Split(y=np.array([run.class_names.index(table.labels[i]) for i in keep], dtype=np.int64),
+                  ids=[table.ids[i] for i in keep], files=[str(table.files[i]) for i in keep])
+    bad = table.bad + [(table.ids[i], bad_set[table.files[i]]) for i in rows if table.files[i] in bad_set]
+    return name, items, bad
+
+
 class EvalData:
     """The items to evaluate: one split of the run's own data, or a --data folder."""
 
@@ -66,7 +89,11 @@ class EvalData:
         holds = PATH_HOLDS[cfg.data.source]
         # a source of image files takes --data as a folder of class folders; so does one that
         # reads no path at all (digits)
-        if data is not None and holds != "arrays":
+        if data is not None and holds != "arrays" and Path(data).suffix.lower() in TABLES:
+            self.split_name, self.split, self.bad_files = csv_split(Path(data).expanduser(), run, split)
+            self.image_root = str(Path(data).expanduser().resolve().parent)
+            self.id_column = "file"
+        elif data is not None and holds != "arrays":
             root = Path(data).expanduser()
             if not root.is_dir():
                 takes = f" (a {cfg.data.source} run takes a folder of class folders)"

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from imgclf.data.pipeline import _to_channels, decode_image
 from imgclf.data.scan import find_images, printable, refuse, why_unreadable
+from imgclf.data.tables import TABLES, read_table
 from imgclf.errors import ConfigError, DataError, ModelError
 from imgclf.exported import is_exported, open_exported
 from imgclf.inference import batch_probs, check_tta, load_model
@@ -80,8 +81,10 @@ def _names_beside(path: Path) -> list[str] | None:
 
 
 def list_inputs(input_path: str | Path) -> tuple[list[Path], Path]:
-    """(files in sorted order, the folder their reported paths are relative to)."""
+    """(files in sorted order, or a CSV's in its order; the folder their paths are reported from)."""
     path = Path(input_path).expanduser()
+    if path.is_file() and path.suffix.lower() in TABLES:
+        return read_table(path, labelled=False).files, path.parent.resolve()
     if path.is_file():
         return [path], path.parent
     if path.is_dir():
@@ -90,6 +93,12 @@ def list_inputs(input_path: str | Path) -> tuple[list[Path], Path]:
             raise DataError(f"no image files (.jpg .jpeg .png .bmp .gif .webp) under {path}")
         return files, path
     raise DataError(f"input not found: {path}")
+
+
+def _name(file: Path, base: Path) -> str:
+    """A row's name for ``file``: relative to ``base``, or whole where it lies elsewhere (a CSV's
+    absolute path)."""
+    return file.relative_to(base).as_posix() if file.is_relative_to(base) else file.as_posix()
 
 
 class _Rows:
@@ -206,7 +215,7 @@ def iter_probs(pred: Predictor, files: list[Path], base: Path, batch_size: int =
     def failures(stop: int):
         for j in range(next_i, stop):
             why = why_unreadable(files[j])
-            rel = printable(files[j].relative_to(base).as_posix())
+            rel = printable(_name(files[j], base))
             warn(f"warning: {rel}: {why}")
             yield rel, None, why
 
@@ -214,7 +223,7 @@ def iter_probs(pred: Predictor, files: list[Path], base: Path, batch_size: int =
         probs = batch_probs(pred.model, images, tta)
         for row, i in enumerate(idx.numpy()):
             yield from failures(int(i))
-            yield files[i].relative_to(base).as_posix(), probs[row], ""
+            yield _name(files[i], base), probs[row], ""
             next_i = int(i) + 1
         if progress:
             progress(next_i, len(files))

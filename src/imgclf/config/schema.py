@@ -20,8 +20,11 @@ from imgclf.errors import did_you_mean
 
 
 class DataConfig(Section):
-    source: Literal["digits", "folder", "idx", "npz"] = "digits"
+    source: Literal["digits", "folder", "idx", "npz", "csv"] = "digits"
     path: str | None = None
+    path_column: str | None = None
+    label_column: str | None = None
+    split_column: str | None = None
     val_split: Float = Field(0.2, ge=0.0, lt=1.0)
     test_split: Float = Field(0.0, ge=0.0, lt=1.0)
     holdout_last_n: Int = Field(0, ge=0)
@@ -33,6 +36,14 @@ class DataConfig(Section):
     class_names: list[str] | None = None
     folds: Int = Field(0, ge=0)
     fold: Int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _csv_keys_for_csv(self):
+        if self.source != "csv":
+            for key in ("path_column", "label_column", "split_column"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is for source: csv. Received: source={self.source}")
+        return self
 
     @model_validator(mode="after")
     def _one_fold_of_folds(self):

@@ -18,6 +18,7 @@ from imgclf.config import DataConfig
 from imgclf.data.bundle import DataBundle, Split
 from imgclf.data.scan import find_images, printable, unreadable_images, visible_subdirs
 from imgclf.data.splits import fold_of, split_indices
+from imgclf.data.tables import load_csv_source
 from imgclf.errors import ConfigError, DataError
 
 DEFAULT_IDX_PATH = "/usr/share/datasets/fashion-mnist"
@@ -265,10 +266,11 @@ SOURCES = {
     "folder": load_folder_source,
     "idx": load_idx_source,
     "npz": load_npz_source,
+    "csv": load_csv_source,
 }
 # what each source's data.path holds: image files (rows name a file), arrays (rows name an
 # index), or nothing (built in)
-PATH_HOLDS = {"digits": None, "folder": "files", "idx": "arrays", "npz": "arrays"}
+PATH_HOLDS = {"digits": None, "folder": "files", "idx": "arrays", "npz": "arrays", "csv": "files"}
 
 
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:

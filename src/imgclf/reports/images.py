@@ -36,6 +36,8 @@ def load_images(cfg: Config, split: str, id_column: str, ids: list,
     the config's data.path); with "index", items of the config's array source."""
     if id_column == "file":
         base = Path(root if root is not None else cfg.data.path).expanduser()
+        if base.is_file():  # a csv source: its paths are relative to the file's folder
+            base = base.parent
         return [_thumb(base / str(i)) for i in ids]
     part = load_data(cfg.data, cfg.seed).splits[split]
     where = {int(item): pos for pos, item in enumerate(part.ids)}
