@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -97,3 +99,74 @@ def test_train_predict_and_evaluate_on_a_csv(tmp_path):
     assert result.exit_code == 0, result.output
     evaluated = json.loads((Path(result.output.strip().splitlines()[-1]) / "eval.json").read_text())
     assert evaluated["split"] == "test" and evaluated["n"] == 4
+
+
+# ------------------------------------------------------------------ the keras source
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch) -> Path:
+    """An empty Keras cache; a fetch from it fails at once, as it does without network."""
+    import keras
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    return tmp_path / "keras" / "datasets"
+
+
+def keras_data(*more: str):
+    return load_config(None, ["data.source=keras", *more]).data
+
+
+def test_mnist_from_a_planted_cache_with_its_official_test_split(keras_home):
+    keras_home.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.savez(keras_home / "mnist.npz", x_train=rng.integers(0, 255, (40, 28, 28), dtype=np.uint8),
+             y_train=np.arange(40) % 10, x_test=rng.integers(0, 255, (20, 28, 28), dtype=np.uint8),
+             y_test=np.arange(20) % 10)
+    bundle = load_data(keras_data("data.name=mnist", "data.val_split=0.25"), 42)
+    assert {k: len(s) for k, s in bundle.splits.items()} == {"train": 30, "val": 10, "test": 20}
+    assert bundle.class_names == [str(i) for i in range(10)] and bundle.image_size == (28, 28)
+
+
+def plant_cifar100(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 30), ("test", 10)):
+        rows = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8),
+                b"fine_labels": list(np.arange(n) % 3), b"coarse_labels": list(np.arange(n) % 2)}
+        (folder / name).write_bytes(pickle.dumps(rows))
+    meta = {b"fine_label_names": [b"apple", b"bee", b"cloud"], b"coarse_label_names": [b"fruit", b"insect"]}
+    (folder / "meta").write_bytes(pickle.dumps(meta))
+
+
+@pytest.mark.parametrize("mode, names", [("fine", ["apple", "bee", "cloud"]),
+                                         ("coarse", ["fruit", "insect"])])
+def test_cifar100_fine_and_coarse_labels_from_a_planted_cache(keras_home, mode, names):
+    plant_cifar100(keras_home / "cifar-100-python-target" / "cifar-100-python")
+    bundle = load_data(keras_data("data.name=cifar100", f"data.label_mode={mode}"), 42)
+    assert bundle.class_names == names and len(bundle.splits["test"]) == 10
+    assert bundle.splits["train"].x.shape[1:] == (32, 32, 3)
+
+
+def test_flowers_is_read_as_a_folder_from_the_cache(keras_home):
+    write_class_folder(keras_home / "flower_photos" / "flower_photos", {"daisy": 6, "roses": 6})
+    bundle = load_data(keras_data("data.name=flowers"), 42)
+    assert bundle.class_names == ["daisy", "roses"] and bundle.kind == "files"
+
+
+def test_offline_without_the_file_is_one_line_before_anything_is_made(keras_home, tmp_path):
+    result = runner.invoke(app, ["train", "--set", "data.source=keras", "--set", "data.name=cifar10",
+                                 "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "cifar-10-python.tar.gz" in line
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in line and str(keras_home) in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_keras_source_needs_a_name():
+    with pytest.raises(Exception, match="needs data.name"):
+        keras_data()

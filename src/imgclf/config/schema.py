@@ -20,7 +20,9 @@ from imgclf.errors import did_you_mean
 
 
 class DataConfig(Section):
-    source: Literal["digits", "folder", "idx", "npz", "csv"] = "digits"
+    source: Literal["digits", "folder", "idx", "npz", "csv", "keras"] = "digits"
+    name: Literal["mnist", "fashion_mnist", "cifar10", "cifar100", "flowers"] | None = None
+    label_mode: Literal["fine", "coarse"] = "fine"
     path: str | None = None
     path_column: str | None = None
     label_column: str | None = None
@@ -36,6 +38,15 @@ class DataConfig(Section):
     class_names: list[str] | None = None
     folds: Int = Field(0, ge=0)
     fold: Int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _name_for_keras(self):
+        if self.source == "keras" and self.name is None:
+            raise ValueError("source: keras needs data.name: mnist, fashion_mnist, cifar10, cifar100 "
+                             "or flowers")
+        if self.source != "keras" and self.name is not None:
+            raise ValueError(f"name is for source: keras. Received: source={self.source}")
+        return self
 
     @model_validator(mode="after")
     def _csv_keys_for_csv(self):

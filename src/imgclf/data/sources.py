@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 
 from imgclf.config import DataConfig
 from imgclf.data.bundle import DataBundle, Split
+from imgclf.data.known import FASHION, locate, read_cifar, read_mnist
 from imgclf.data.scan import find_images, printable, unreadable_images, visible_subdirs
 from imgclf.data.splits import fold_of, split_indices
 from imgclf.data.tables import load_csv_source
@@ -261,16 +262,33 @@ def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
     )
 
 
+def load_keras_source(cfg: DataConfig, seed: int) -> DataBundle:
+    """A standard set by data.name, from Keras' cache (data/known.py); its own test split."""
+    if cfg.test_split or cfg.holdout_last_n:
+        raise ConfigError(f"data.name={cfg.name} has its official test set: data.test_split and "
+                          "data.holdout_last_n must be 0")
+    path = locate(cfg.name)
+    if cfg.name == "flowers":
+        return load_folder_source(cfg.model_copy(update={"path": str(path), "name": None}), seed)
+    if cfg.name == "fashion_mnist":
+        return load_idx_source(cfg.model_copy(update={"path": str(path), "class_names": FASHION}), seed)
+    x, y, x_test, y_test, names = read_mnist(path) if cfg.name == "mnist" else read_cifar(
+        path, fine=cfg.label_mode == "fine")
+    return _array_bundle(cfg, seed, x, y, x_test, y_test, names=names, what=f"data.name={cfg.name}")
+
+
 SOURCES = {
     "digits": load_digits_source,
     "folder": load_folder_source,
     "idx": load_idx_source,
     "npz": load_npz_source,
     "csv": load_csv_source,
+    "keras": load_keras_source,
 }
 # what each source's data.path holds: image files (rows name a file), arrays (rows name an
 # index), or nothing (built in)
-PATH_HOLDS = {"digits": None, "folder": "files", "idx": "arrays", "npz": "arrays", "csv": "files"}
+PATH_HOLDS = {"digits": None, "folder": "files", "idx": "arrays", "npz": "arrays", "csv": "files",
+              "keras": None}
 
 
 def load_data(cfg: DataConfig, seed: int) -> DataBundle:
