@@ -23,7 +23,7 @@ runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
 REPORT_FILES = {"metrics.json", "per_class.csv", "predictions.csv", "confusion_matrix.csv",
                 "confusion_matrix_normalized.csv", "confusion_matrix.png", "roc.png",
-                "misclassified.png", "report.html"}
+                "misclassified.png", "reliability.png", "report.html"}
 
 
 def evaluate(*args):
@@ -57,7 +57,7 @@ def test_evaluate_recomputes_the_runs_numbers(digits_runs):
 
     names = classes(run)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"n", "top_k", *METRIC_KEYS}  # one split: flat
+    assert set(metrics) == {"n", "top_k", "ece", *METRIC_KEYS}  # one split: flat
     preds, _ = probs_of(out, names)
     assert set(preds["split"]) == {"test"} and metrics["n"] == len(preds) == 360
     assert_matches_sklearn(metrics, preds, names)
@@ -153,12 +153,12 @@ def assert_self_contained(page: Path, n_images: int):
 
 def test_report_html_references_only_embedded_images(folder_run):
     # the end of train wrote it; evaluate writes the same page for its folder
-    assert_self_contained(folder_run / "report.html", 4)  # curves, confusion, ROC, misclassified
+    assert_self_contained(folder_run / "report.html", 5)  # curves, confusion, ROC, misclassified, reliability
     text = (folder_run / "report.html").read_text()
     for word in ("macro F1", "roc_auc_ovr", "cohen_kappa", "Per class", "ants", "Config", "simple_cnn"):
         assert word in text
     _, out = evaluate(folder_run)
-    assert_self_contained(out / "report.html", 4)
+    assert_self_contained(out / "report.html", 5)
     assert (out / "misclassified.png").read_bytes()[:8] == PNG
 
 

@@ -107,3 +107,25 @@ def test_macro_averages_skip_classes_absent_from_the_split():
     expected = skm.precision_score(y, pred, average="macro", zero_division=0)
     assert m["precision_macro"] == pytest.approx(expected)
     assert m["precision_macro"] == pytest.approx(2 / 3)
+
+
+def test_expected_calibration_error_is_the_weighted_gap_per_confidence_bin():
+    from imgclf.reports.metrics import expected_calibration_error, reliability
+
+    # four items at confidence 0.95 (3 right), two at 0.55 (1 right), in 15 equal bins
+    probs = np.array([[0.95, 0.05]] * 4 + [[0.55, 0.45]] * 2)
+    y = np.array([0, 0, 0, 1, 0, 1])
+    table = reliability(y, probs)
+    assert len(table) == 15 and table.n.sum() == 6
+    assert table.loc[table.n == 4, "accuracy"].item() == pytest.approx(0.75)
+    expected = (4 / 6) * abs(0.75 - 0.95) + (2 / 6) * abs(0.5 - 0.55)
+    assert expected_calibration_error(y, probs) == pytest.approx(expected)
+    assert expected_calibration_error(np.zeros(3, int), np.array([[1.0, 0.0]] * 3)) == pytest.approx(0.0)
+
+
+def test_every_report_has_its_reliability_diagram_and_ece(digits_runs):
+    run = digits_runs[0]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert all(0.0 <= metrics[s]["ece"] <= 1.0 for s in ("val", "test"))
+    assert (run / "reliability.png").stat().st_size > 0
+    assert "<h2>Calibration</h2>" in (run / "report.html").read_text()

@@ -21,10 +21,11 @@ from imgclf.reports.metrics import (
     confusion,
     label_indices,
     per_class_table,
+    reliability,
     roc_points,
     split_metrics,
 )
-from imgclf.reports.plots import plot_confusion, plot_curves, plot_image_grid, plot_roc
+from imgclf.reports.plots import plot_confusion, plot_curves, plot_image_grid, plot_reliability, plot_roc
 from imgclf.runs import MANIFEST, atomic_path, prob_columns, read_bad_files, read_json, write_json, write_text
 
 MISCLASSIFIED_SHOWN = 18
@@ -181,12 +182,19 @@ def build_reports(out_dir: Path, ctx: Context, flat: bool = False) -> dict:
     plot_roc(roc_points(y_true, probs), class_names, out_dir / "roc.png",
              f"{primary} split: one-vs-rest ROC, macro AUC " + (f"{auc:.4f}" if auc is not None else "n/a"))
     _misclassified(out_dir, ctx, primary, rows, y_true, probs)
+    calibration = {split: (reliability(yt, p), metrics[split]["ece"])
+                   for split, (yt, p, _) in by_split.items()}
+    plot_reliability(calibration, out_dir / "reliability.png")
 
     figures = {
         "Learning curves": [(ctx.curves_png, "loss and accuracy per epoch")] if ctx.curves_png else [],
         "Confusion matrix and ROC": [
             (out_dir / "confusion_matrix.png", "counts; shading is the share of each true class"),
             (out_dir / "roc.png", "one-vs-rest ROC per class"),
+        ],
+        "Calibration": [
+            (out_dir / "reliability.png",
+             "accuracy per bin of top-1 confidence; ECE: its gap to the confidence, weighted by items"),
         ],
         "Most confidently wrong": [
             (out_dir / "misclassified.png", "true class, predicted class and its probability"),

@@ -48,7 +48,7 @@ def _metrics_table(metrics: dict[str, dict]) -> str:
     splits = list(metrics)
     head = "".join(f"<th>{html.escape(s)}</th>" for s in splits)
     rows = []
-    for key in ("n", *METRIC_KEYS):
+    for key in ("n", *METRIC_KEYS, "ece"):
         label = key
         if key == "top_k_accuracy":
             ks = {m.get("top_k") for m in metrics.values()}

@@ -14,6 +14,32 @@ METRIC_KEYS = (
 )
 
 
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
+
+
+def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> pd.DataFrame:
+    """Per equal-width bin of top-1 confidence ((lo, hi], the first from 0): its item count,
+    mean confidence and accuracy (NaN where empty): the reliability diagram's numbers."""
+    conf, right = probs.max(axis=1), probs.argmax(axis=1) == np.asarray(y_true)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        inside = which == b
+        n = int(inside.sum())
+        rows.append({"lo": edges[b], "hi": edges[b + 1], "n": n,
+                     "confidence": float(conf[inside].mean()) if n else math.nan,
+                     "accuracy": float(right[inside].mean()) if n else math.nan})
+    return pd.DataFrame(rows)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    """The items' share-weighted mean over confidence bins of |accuracy - confidence|."""
+    table = reliability(y_true, probs, bins)
+    full = table[table.n > 0]
+    return float((full.n * (full.accuracy - full.confidence).abs()).sum() / max(len(y_true), 1))
+
+
 def label_indices(labels, class_names: list[str]) -> np.ndarray:
     index = {c: i for i, c in enumerate(class_names)}
     return np.array([index[str(v)] for v in labels], dtype=np.int64)
@@ -46,9 +72,10 @@ def _finite_or_none(value: float):
 
 
 def split_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
-    """Every number of METRIC_KEYS for one split, plus ``n`` (items) and ``top_k`` (the k of
-    top_k_accuracy). Precision, recall and F1 average over the classes that occur in the split
-    as true or predicted labels (scikit-learn's default). A number that is undefined for the
+    """Every number of METRIC_KEYS for one split, plus ``n`` (items), ``top_k`` (the k of
+    top_k_accuracy) and ``ece`` (expected calibration error, 15 bins). Precision, recall and
+    F1 average over the classes that occur in the split as true or predicted labels
+    (scikit-learn's default). A number that is undefined for the
     split (an AUC with one class present, kappa when both sides name one class) is null."""
     n = probs.shape[1]
     labels = list(range(n))
@@ -75,6 +102,7 @@ def split_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         kappa = skm.cohen_kappa_score(y_true, y_pred, labels=labels)
     out["cohen_kappa"] = _finite_or_none(kappa)
+    out["ece"] = expected_calibration_error(y_true, probs)
     return out
 
 

@@ -92,6 +92,29 @@ def plot_roc(points: dict, class_names: list[str], path: Path, title: str) -> No
     _save(fig, path)
 
 
+def plot_reliability(tables: dict, path: Path) -> None:
+    """The reliability diagram of each split ({split: (reliability table, ece)}): accuracy per
+    confidence bin against the diagonal of perfect calibration, and the bins' item counts."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 5), squeeze=False)
+    for ax, (split, (table, ece)) in zip(axes[0], tables.items()):
+        full = table[table.n > 0]
+        width = float(table.hi.iloc[0] - table.lo.iloc[0])
+        ax.bar(full.lo, full.accuracy, width=width, align="edge", color="#4c72b0", edgecolor="white",
+               label="accuracy in the bin")
+        ax.plot(full.lo + width / 2, full.confidence, "o", color="#dd8452", ms=5,
+                label="mean confidence in the bin")
+        ax.plot([0, 1], [0, 1], color="gray", ls="--", lw=1, label="perfect calibration")
+        for _, row in full.iterrows():
+            ax.text(row.lo + width / 2, 0.02, str(int(row.n)), ha="center", fontsize=7, color="white")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("top-1 confidence (bins; the count of items at the foot)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{split} split: ECE {ece:.4f} (n={int(table.n.sum())})")
+        ax.legend(fontsize=8, loc="upper left")
+    _save(fig, path)
+
+
 def plot_image_grid(images: list[np.ndarray], titles: list[str], path: Path, title: str = "",
                     cols: int = 6, colors: list[str] | None = None) -> None:
     """Images (uint8, H x W x 1|3) in a grid, each titled; an empty list draws a note."""
