@@ -167,6 +167,7 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     batch_size_schedule: list[BatchGrowth] = Field(default_factory=list)
     tta: Literal["flip"] | None = None
+    calibration: Literal["temperature"] | None = None
     tensorboard: bool = False
     deterministic: bool = False
     verbose: Annotated[Literal["auto", 0, 1, 2], BeforeValidator(not_bool)] = "auto"

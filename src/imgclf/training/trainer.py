@@ -20,6 +20,7 @@ from imgclf.data import DataBundle
 from imgclf.errors import ConfigError
 from imgclf.inference import load_model, predict_probs, save_inference_model, write_prediction_rows
 from imgclf.reports import write_reports
+from imgclf.reports.metrics import expected_calibration_error
 from imgclf.runs import (
     MANIFEST,
     Manifest,
@@ -28,8 +29,10 @@ from imgclf.runs import (
     new_run_dir,
     read_manifest,
     refuse_if_running,
+    write_json,
     write_text,
 )
+from imgclf.training.calibration import calibrate, nll
 from imgclf.training.callbacks import CHECKPOINT_DIR, CHECKPOINT_WEIGHTS, read_checkpoint
 from imgclf.training.distribute import barrier
 from imgclf.training.folds import KIND, fold_dirs, fold_status, is_kfold, write_summary
@@ -240,10 +243,14 @@ def finish(run: Run, fitted: Fitted) -> Path:
         model = load_model(run_dir / "model.keras")
     else:
         best.restore(model)  # the best epoch's weights are back; save them as the run's model
+    calibration = _calibrate(run, model, fitted)
+    if run.dist.kind != "multi_worker" or calibration:
         save_inference_model(model, run_dir / "model.keras")
     write_predictions(model, fitted.data, run.prep.bundle, run_dir / "predictions.csv",
                       run.prep.cfg.train.tta)
     metrics = write_reports(run_dir)
+    if calibration:
+        metrics = _keep_uncalibrated(run_dir, metrics, calibration)
     run.manifest.close("finished")
     barrier(run.dist)  # the other workers wait for this
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # a finished run needs no resume
@@ -252,6 +259,33 @@ def finish(run: Run, fitted: Fitted) -> Path:
     run.echo(f"done in {fitted.train_time:.1f}s, {fitted.epochs} epochs (best {best.best_epoch}): "
              + ", ".join(parts))
     return run_dir
+
+
+def _calibrate(run: Run, model, fitted: Fitted) -> dict | None:
+    """train.calibration: the temperature fitted on the val predictions, folded into ``model``,
+    and calibration.json (with each split's log loss and ECE before it)."""
+    if run.prep.cfg.train.calibration != "temperature":
+        return None
+    tta, splits = run.prep.cfg.train.tta, run.prep.bundle.splits
+    raw = {s: predict_probs(model, fitted.data[s], tta) for s in ("val", "test") if s in fitted.data}
+    record = calibrate(model, splits["val"].y, fitted.data["val"].map(lambda x, y: x))
+    for s, probs in raw.items():
+        record[f"{s}_before"] = {"loss": nll(splits[s].y, probs),
+                                 "ece": expected_calibration_error(splits[s].y, probs)}
+    write_json(run.dir / "calibration.json", record)
+    run.echo(f"calibration: temperature {record['temperature']:.3f}; val log loss "
+             f"{record['val_loss_uncalibrated']:.4f} -> {record['val_loss']:.4f}, ECE "
+             f"{record['val_ece_uncalibrated']:.4f} -> {record['val_ece']:.4f}")
+    return record
+
+
+def _keep_uncalibrated(run_dir: Path, metrics: dict, calibration: dict) -> dict:
+    """metrics.json keeps each split's log loss and ECE before the temperature too."""
+    for split, m in metrics.items():
+        before = calibration.get(f"{split}_before", {})
+        m.update(loss_uncalibrated=before.get("loss"), ece_uncalibrated=before.get("ece"))
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
 
 
 def write_predictions(model, data: dict, bundle: DataBundle, path: Path, tta: str | None = None) -> None:
