@@ -330,7 +330,8 @@ def compare(
 @app.command("inspect")
 def inspect_data(
     target: Path = typer.Argument(..., metavar="DATA_OR_CONFIG", help="A folder of class folders, "
-                                  "an .npz file, or a config .yaml (any data source)."),
+                                  "an .npz file, a CSV of paths and labels, or a config .yaml "
+                                  "(any data source)."),
     augment: bool = typer.Option(False, "--augment", help="Also draw the samples after the "
                                  "config's augmentation."),
     grid: Path = typer.Option(Path("samples.png"), "--grid", help="Where the sample grid goes "

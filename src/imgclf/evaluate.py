@@ -59,9 +59,10 @@ def folder_split(root: Path, class_names: list[str]) -> tuple[Split, list[tuple[
 
 def csv_split(path: Path, run: SavedRun, split: str | None) -> tuple[str, Split, list]:
     """(split name, its items, bad files) of a CSV of paths and labels (the csv source's layout,
-    with the run's column names where it was a csv run): with a split column, ``split``'s rows."""
+    with the run's column names where it was a csv run): with a split column, ``split``'s rows
+    (a file without the run's split column is all one split)."""
     d = run.cfg.data
-    table = read_table(path, d.path_column, d.label_column, d.split_column or None)
+    table = read_table(path, d.path_column, d.label_column, d.split_column, split_required=False)
     unknown = sorted(set(table.labels) - set(run.class_names))
     if unknown:
         raise DataError(f"--data {path}: labels the model does not know: {', '.join(unknown)} "

@@ -19,6 +19,7 @@ from imgclf.config import Config, load_config
 from imgclf.data import load_data
 from imgclf.data.augment import MIXERS, augmentation_layers, split_steps
 from imgclf.data.scan import open_quietly, skipped_summary
+from imgclf.data.tables import TABLES
 from imgclf.errors import ConfigError, DataError
 from imgclf.reports.images import _thumb
 from imgclf.reports.plots import plot_image_grid
@@ -30,7 +31,8 @@ DISPLAY_SIZE = (128, 128)  # folders with no data.image_size: augment at this si
 
 
 def config_for(target: str | Path) -> Config:
-    """A config file as it is; a folder of class folders or an .npz file with defaults."""
+    """A config file as it is; a folder of class folders, an .npz file or a CSV of paths and
+    labels (its default columns) with defaults."""
     path = Path(target).expanduser()
     if path.suffix.lower() in (".yaml", ".yml"):
         return load_config(path)
@@ -38,9 +40,11 @@ def config_for(target: str | Path) -> Config:
         return load_config(None, ["data.source=folder", f"data.path={path}"])
     if path.suffix.lower() == ".npz":
         return load_config(None, ["data.source=npz", f"data.path={path}"])
+    if path.suffix.lower() in TABLES:
+        return load_config(None, ["data.source=csv", f"data.path={path}"])
     if not path.exists():
-        raise DataError(f"not found: {path} (expected a data folder, an .npz file or a config .yaml)")
-    raise ConfigError(f"expected a data folder, an .npz file or a config .yaml. Received: {path}")
+        raise DataError(f"not found: {path} (expected a data folder, an .npz or .csv file or a config .yaml)")
+    raise ConfigError(f"expected a data folder, an .npz or .csv file or a config .yaml. Received: {path}")
 
 
 def _image_stats(files: list[str]) -> tuple[Counter, Counter, np.ndarray]:

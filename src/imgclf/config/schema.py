@@ -46,6 +46,10 @@ class DataConfig(Section):
                              "or flowers")
         if self.source != "keras" and self.name is not None:
             raise ValueError(f"name is for source: keras. Received: source={self.source}")
+        # fine is the default everywhere (run configs saved it so); coarse means CIFAR-100's alone
+        if self.label_mode == "coarse" and (self.source, self.name) != ("keras", "cifar100"):
+            got = f"name={self.name}" if self.source == "keras" else f"source={self.source}"
+            raise ValueError(f"label_mode is for source: keras, name: cifar100. Received: {got}")
         return self
 
     @model_validator(mode="after")

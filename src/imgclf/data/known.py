@@ -1,7 +1,10 @@
 """The standard sets by name (`data.source: keras`, `data.name`): the files `keras.datasets`
 and the Keras tutorials fetch, found in Keras' own cache (``$KERAS_HOME/datasets``, default
-``~/.keras/datasets``) or fetched into it with `keras.utils.get_file`. Without network and
-without the files: one line naming the file, its address and where to put it.
+``~/.keras/datasets``) or fetched into it with `keras.utils.get_file`. A set already there as
+`keras.datasets.<name>.load_data()` left it is read as it is; an archive placed in the cache
+under its own name (cifar-10-python.tar.gz, flower_photos.tgz, ...) is extracted there, with
+no network. Without network and without the files: one line naming the file, its address and
+where to put it.
 
 The cached files are read here rather than through `keras.datasets.*.load_data`, which
 checks each file's hash and fetches it again on any mismatch: a cache planted by hand (or a
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,29 +27,42 @@ KERAS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
            "Ankle boot"]
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-FASHION_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                 "t10k-labels-idx1-ubyte.gz"]
+FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz")
 
 
 @dataclass(frozen=True)
 class Known:
-    fetched: str  # the file get_file fetches
-    url: str
-    cached: tuple[str, ...]  # where its contents lie under the cache, the first that exists
-    extract: bool = False
+    files: tuple[str, ...]  # what get_file fetches into the cache (an archive is extracted beside it)
+    url: str  # the one file's address, or the folder of several files
+    found: tuple[str, ...]  # where the contents lie under the cache: the first complete one is read
+    needs: tuple[str, ...] = ()  # what a found folder must hold to be complete (none: not empty)
+    subdir: str = ""  # the files' folder under the cache
+
+    @property
+    def archive(self) -> bool:
+        return self.files[0].endswith((".tar.gz", ".tgz"))
+
+    def url_of(self, file: str) -> str:
+        return self.url + file if self.url.endswith("/") else self.url
 
 
 KNOWN = {
-    "mnist": Known("mnist.npz", KERAS_URL + "mnist.npz", ("mnist.npz",)),
-    "fashion_mnist": Known("fashion-mnist/*.gz", KERAS_URL, ("fashion-mnist",)),
-    "cifar10": Known("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                     ("cifar-10-batches-py-target/cifar-10-batches-py", "cifar-10-batches-py"), extract=True),
-    "cifar100": Known("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                      ("cifar-100-python-target/cifar-100-python", "cifar-100-python"), extract=True),
-    "flowers": Known("flower_photos.tgz",
+    "mnist": Known(("mnist.npz",), KERAS_URL + "mnist.npz", ("mnist.npz",)),
+    "fashion_mnist": Known(FASHION_FILES, KERAS_URL, ("fashion-mnist",), FASHION_FILES, "fashion-mnist"),
+    # extracted where get_file(<archive>) puts it, or where keras.datasets.cifar10.load_data() does
+    "cifar10": Known(("cifar-10-python.tar.gz",), "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                     ("cifar-10-python_extracted/cifar-10-batches-py",
+                      "cifar-10-batches-py-target/cifar-10-batches-py", "cifar-10-batches-py"),
+                     ("data_batch_1", "test_batch")),
+    "cifar100": Known(("cifar-100-python.tar.gz",), "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                      ("cifar-100-python_extracted/cifar-100-python",
+                       "cifar-100-python-target/cifar-100-python", "cifar-100-python"), ("train", "test")),
+    # the tutorials' get_file("flower_photos.tgz" | "flower_photos", extract=True), and Keras 2's untar
+    "flowers": Known(("flower_photos.tgz",),
                      "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz",
                      ("flower_photos_extracted/flower_photos", "flower_photos/flower_photos",
-                      "flower_photos"), extract=True),
+                      "flower_photos")),
 }
 
 
@@ -54,49 +71,73 @@ def cache_dir() -> Path:
     return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
 
 
-def locate(name: str) -> Path:
-    """Where ``name``'s files lie in the cache, fetched first if they are not there."""
-    if name not in KNOWN:
-        raise ConfigError(f"Unknown `data.name`. Received: name={name} (known: {', '.join(KNOWN)})")
+def cached(name: str, root: Path | None = None) -> Path | None:
+    """Where ``name``'s contents lie complete under the cache (``root``), or None; fetches nothing."""
     known = KNOWN[name]
-    found = _cached(known)
-    if found is None:
-        _fetch(name, known)
-        found = _cached(known)
-    if found is None:
-        raise DataError(f"data.name={name}: fetched {known.fetched}, but found none of "
-                        f"{', '.join(known.cached)} under {cache_dir()}")
-    return found
-
-
-def _cached(known: Known) -> Path | None:
-    for rel in known.cached:
-        path = cache_dir() / rel
-        if path.is_file() or (path.is_dir() and any(path.iterdir())):
+    root = cache_dir() if root is None else root
+    for rel in known.found:
+        path = root / rel
+        if path.is_file() and not known.needs:
+            return path
+        if path.is_dir() and all((path / n).is_file() for n in known.needs) and any(path.iterdir()):
             return path
     return None
 
 
-def _fetch(name: str, known: Known) -> None:
+def locate(name: str) -> Path:
+    """Where ``name``'s files lie in the cache, fetched (or extracted) first if they are not there."""
+    if name not in KNOWN:
+        raise ConfigError(f"Unknown `data.name`. Received: name={name} (known: {', '.join(KNOWN)})")
+    found = cached(name)
+    if found is None:
+        found = cached(name, _fetch(name, KNOWN[name]))
+    if found is None:
+        known = KNOWN[name]
+        raise DataError(f"data.name={name}: fetched {', '.join(known.files)}, but found none of "
+                        f"{', '.join(known.found)} complete under {cache_dir()}")
+    return found
+
+
+def _fetch(name: str, known: Known) -> Path:
+    """get_file for each of ``known``'s files not in the cache; the cache it used."""
     import keras  # the data floor stays free of TensorFlow until a set must be fetched
 
+    root = cache_dir()
+    for file in known.files:
+        target = root / known.subdir / file
+        if target.is_file() and not known.archive:
+            continue
+        present = target.is_file()
+        try:
+            got = keras.utils.get_file(file, origin=known.url_of(file), cache_dir=str(root.parent),
+                                       cache_subdir=str(Path("datasets", known.subdir)),
+                                       extract=known.archive)
+        except Exception as exc:  # keras wraps URLError and HTTPError in a plain Exception
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            if present:  # our own copy would not extract
+                raise DataError(f"data.name={name}: cannot extract {target} ({reason}); delete it to fetch "
+                                f"it again, or place a good copy of {known.url_of(file)} there") from None
+            raise DataError(f"data.name={name}: cannot download {file} ({reason}); without network, "
+                            f"fetch {known.url_of(file)} elsewhere and place it at {target}") from None
+        got = Path(got)  # get_file may have used /tmp/.keras if the cache was not writable
+        root = got.parent if known.archive else got.parents[1 if known.subdir else 0]
+    return root
+
+
+def read_arrays(name: str, path: Path, fine: bool = True):
+    """(x_train, y_train, x_test, y_test, class names) of mnist, cifar10 or cifar100 at ``path``;
+    a damaged file is one line saying to delete it."""
     try:
-        if name == "fashion_mnist":
-            for f in FASHION_FILES:
-                keras.utils.get_file(f, origin=known.url + f, cache_subdir="datasets/fashion-mnist")
-        else:
-            stem = known.cached[0].split("/")[0].removesuffix("_extracted")  # Keras' own layout
-            keras.utils.get_file(stem if known.extract else known.fetched, origin=known.url,
-                                 extract=known.extract)
-    except Exception as exc:  # keras wraps URLError and HTTPError in a plain Exception
+        return read_mnist(path) if name == "mnist" else read_cifar(path, fine)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:
         reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-        where = cache_dir() / known.cached[-1]
-        raise DataError(f"data.name={name}: cannot fetch {known.fetched} ({reason}); without network, "
-                        f"fetch {known.url} elsewhere and place its contents at {where}") from None
+        raise DataError(f"data.name={name}: cannot read {path} ({reason}); delete it to fetch it "
+                        "again") from None
 
 
 def read_mnist(path: Path):
-    with np.load(path) as f:
+    with np.load(path, allow_pickle=False) as f:
         return f["x_train"], f["y_train"], f["x_test"], f["y_test"], [str(i) for i in range(10)]
 
 

@@ -16,7 +16,7 @@ from sklearn.datasets import load_digits
 
 from imgclf.config import DataConfig
 from imgclf.data.bundle import DataBundle, Split
-from imgclf.data.known import FASHION, locate, read_cifar, read_mnist
+from imgclf.data.known import FASHION, cached, locate, read_arrays
 from imgclf.data.scan import find_images, printable, unreadable_images, visible_subdirs
 from imgclf.data.splits import fold_of, split_indices
 from imgclf.data.tables import load_csv_source
@@ -267,14 +267,27 @@ def load_keras_source(cfg: DataConfig, seed: int) -> DataBundle:
     if cfg.name != "flowers" and (cfg.test_split or cfg.holdout_last_n):
         raise ConfigError(f"data.name={cfg.name} has its official test set: data.test_split and "
                           "data.holdout_last_n must be 0")
+    if cfg.name == "flowers" and cfg.class_names:
+        raise ConfigError("data.class_names is not for data.name=flowers: its classes are its folders' names")
     path = locate(cfg.name)
     if cfg.name == "flowers":
         return load_folder_source(cfg.model_copy(update={"path": str(path), "name": None}), seed)
     if cfg.name == "fashion_mnist":
-        return load_idx_source(cfg.model_copy(update={"path": str(path), "class_names": FASHION}), seed)
-    x, y, x_test, y_test, names = read_mnist(path) if cfg.name == "mnist" else read_cifar(
-        path, fine=cfg.label_mode == "fine")
+        names = cfg.class_names or FASHION
+        return load_idx_source(cfg.model_copy(update={"path": str(path), "class_names": names}), seed)
+    x, y, x_test, y_test, names = read_arrays(cfg.name, path, fine=cfg.label_mode == "fine")
     return _array_bundle(cfg, seed, x, y, x_test, y_test, names=names, what=f"data.name={cfg.name}")
+
+
+def files_root(cfg: DataConfig) -> Path | None:
+    """The folder a files source's ids (predictions.csv's ``file``) are relative to: the folder,
+    the CSV's folder, or flowers' folder in Keras' cache (None where there is none)."""
+    if cfg.source == "keras":
+        return cached(cfg.name) if cfg.name == "flowers" else None
+    if not cfg.path:
+        return None
+    path = Path(cfg.path).expanduser()
+    return path.parent if path.is_file() else path
 
 
 SOURCES = {

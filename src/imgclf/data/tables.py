@@ -23,6 +23,7 @@ from imgclf.errors import ConfigError, DataError
 SPLITS = ("train", "val", "test")
 TABLES = (".csv", ".tsv")  # what a file of image paths and labels ends in
 FRACTION = re.compile(r"^[+-]?\d*\.\d+(e[+-]?\d+)?$", re.IGNORECASE)
+WHOLE = re.compile(r"^[+-]?\d+$")
 
 
 @dataclass
@@ -50,10 +51,14 @@ def _column(frame: pd.DataFrame, asked: str | None, default: str, position: int,
 
 
 def read_table(path: str | Path, path_column: str | None = None, label_column: str | None = None,
-               split_column: str | None = None, labelled: bool = True) -> Table:
+               split_column: str | None = None, labelled: bool = True, split_required: bool = True) -> Table:
     """The rows of a CSV (a .tsv is tab-separated), checked. ``labelled=False`` reads the paths
-    alone and keeps missing files among them (a prediction row says each one's error)."""
+    alone and keeps missing files among them (a prediction row says each one's error);
+    ``split_required=False`` reads a file without ``split_column`` as having no split column."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a CSV or TSV file of paths and labels "
+                        "(data.source: folder reads a folder of class folders)")
     if not path.is_file():
         raise DataError(f"data.path: CSV file not found: {path}")
     try:
@@ -63,6 +68,8 @@ def read_table(path: str | Path, path_column: str | None = None, label_column: s
         raise DataError(f"{path}: not a readable CSV: {' '.join(str(exc).split())[:200]}") from None
     pcol = _column(frame, path_column, "path", 0, "data.path_column", path)
     lcol = _column(frame, label_column, "label", 1, "data.label_column", path) if labelled else None
+    if split_column is not None and split_column not in frame.columns and not split_required:
+        split_column = None
     if split_column is not None and split_column not in frame.columns:
         raise DataError(f"data.split_column: {path} has no column {split_column!r} "
                         f"(its columns: {', '.join(frame.columns)})")
@@ -98,6 +105,15 @@ def read_table(path: str | Path, path_column: str | None = None, label_column: s
     return table
 
 
+def class_order(labels) -> list[str]:
+    """The classes of ``labels``, sorted: as numbers when every label is a whole number (so
+    label 10 comes after 9), else as text."""
+    found = set(labels)
+    if all(WHOLE.match(lab) for lab in found):
+        return sorted(found, key=int)
+    return sorted(found)
+
+
 def load_csv_source(cfg: DataConfig, seed: int) -> DataBundle:
     if not cfg.path:
         raise ConfigError("data.source=csv needs data.path (a CSV or TSV file of paths and labels)")
@@ -105,7 +121,7 @@ def load_csv_source(cfg: DataConfig, seed: int) -> DataBundle:
     unreadable = dict(unreadable_images(table.files))
     keep = [i for i, f in enumerate(table.files) if f not in unreadable]
     bad = table.bad + [(table.ids[i], unreadable[f]) for i, f in enumerate(table.files) if f in unreadable]
-    classes = list(cfg.class_names) if cfg.class_names else sorted({table.labels[i] for i in keep})
+    classes = list(cfg.class_names) if cfg.class_names else class_order(table.labels[i] for i in keep)
     unknown = sorted({table.labels[i] for i in keep} - set(classes))
     if unknown:
         raise DataError(f"data.path: labels {', '.join(unknown)} are not among data.class_names")
@@ -113,14 +129,21 @@ def load_csv_source(cfg: DataConfig, seed: int) -> DataBundle:
         raise DataError(f"data.path {cfg.path}: found {len(classes)} class(es); need at least 2")
     every = Split(y=np.array([classes.index(table.labels[i]) for i in keep], dtype=np.int64),
                   ids=[table.ids[i] for i in keep], files=[str(table.files[i]) for i in keep])
-    named = np.array([table.splits[i] for i in keep])
-    splits = {s: every.take(np.flatnonzero(named == s)) for s in SPLITS if (named == s).any()}
-    rest = np.flatnonzero(named == "")
-    pieces = {} if not len(rest) else split_indices(
-        every.y[rest], val_split=cfg.val_split, test_split=cfg.test_split, holdout_last_n=cfg.holdout_last_n,
-        seed=seed, has_val="val" in splits, has_test="test" in splits)
-    for name, idx in pieces.items():
-        part = every.take(rest[idx])
-        splits[name] = Split.concat([splits[name], part]) if name in splits else part
-    return DataBundle(class_names=classes, splits={s: splits[s] for s in SPLITS if s in splits},
+    return DataBundle(class_names=classes, splits=_splits(cfg, seed, every, [table.splits[i] for i in keep]),
                       channels=3, image_size=None, kind="files", id_column="file", bad_files=bad)
+
+
+def _splits(cfg: DataConfig, seed: int, every: Split, named: list[str]) -> dict[str, Split]:
+    """The split column's val and test rows where it has them; the other rows (train, or no
+    value) are split by val_split / test_split as a folder's train/ is, for what it lacks."""
+    named = np.array(named)
+    fixed = {s: np.flatnonzero(named == s) for s in ("val", "test") if (named == s).any()}
+    pool = np.flatnonzero((named != "val") & (named != "test"))
+    if not len(pool):
+        raise DataError(f"data.path {cfg.path}: no rows left to train on (every row is val or test)")
+    pieces = split_indices(every.y[pool], val_split=cfg.val_split, test_split=cfg.test_split,
+                           holdout_last_n=cfg.holdout_last_n, seed=seed,
+                           has_val="val" in fixed, has_test="test" in fixed)
+    splits = {**{s: every.take(idx) for s, idx in fixed.items()},
+              **{s: every.take(pool[idx]) for s, idx in pieces.items()}}
+    return {s: splits[s] for s in SPLITS if s in splits}

@@ -15,6 +15,7 @@ from PIL import Image
 from imgclf.config import Config
 from imgclf.data import load_data
 from imgclf.data.scan import open_quietly
+from imgclf.data.sources import files_root
 
 THUMB = 128
 
@@ -33,9 +34,12 @@ def _thumb(path: Path) -> np.ndarray:
 def load_images(cfg: Config, split: str, id_column: str, ids: list,
                 root: str | Path | None = None) -> list[np.ndarray]:
     """The images of ``ids`` in ``split``: with ``id_column`` "file", files under ``root`` (or
-    the config's data.path); with "index", items of the config's array source."""
+    where the config's source reads them: data/sources.files_root); with "index", items of the
+    config's array source."""
     if id_column == "file":
-        base = Path(root if root is not None else cfg.data.path).expanduser()
+        base = Path(root).expanduser() if root is not None else files_root(cfg.data)
+        if base is None:
+            return [_thumb(Path(str(i))) for i in ids]  # absolute paths, or blanks
         if base.is_file():  # a csv source: its paths are relative to the file's folder
             base = base.parent
         return [_thumb(base / str(i)) for i in ids]
