@@ -233,11 +233,23 @@ def test_coarse_labels_are_cifar100s_alone():
         keras_data("data.name=cifar10", "data.label_mode=coarse")
 
 
-def test_a_damaged_cached_file_is_one_line_saying_to_delete_it(keras_home):
+@pytest.mark.parametrize("name, file, fragment", [
+    ("mnist", "mnist.npz", r"cannot read .*mnist.npz .*delete it to fetch it again"),
+    ("flowers", "flower_photos.tgz", r"cannot extract .*flower_photos.tgz .*delete it to fetch it again"),
+    ("cifar10", "cifar-10-python.tar.gz", r"cannot extract .*cifar-10-python.tar.gz .*delete it"),
+])
+def test_a_damaged_cached_file_is_one_line_saying_to_delete_it(keras_home, tmp_path, name, file, fragment):
     keras_home.mkdir(parents=True)
-    (keras_home / "mnist.npz").write_bytes(b"half a download")
-    with pytest.raises(DataError, match=r"cannot read .*mnist.npz .*delete it to fetch it again"):
-        load_data(keras_data("data.name=mnist"), 42)
+    if name == "cifar10":  # a real archive cut short: extraction fails half way
+        (tmp_path / "cifar-10-batches-py").mkdir()
+        (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(np.random.bytes(300_000))
+        whole = tar_of(tmp_path / "whole.tar.gz", tmp_path / "cifar-10-batches-py").read_bytes()
+        (keras_home / file).write_bytes(whole[: len(whole) // 2])
+    else:
+        (keras_home / file).write_bytes(b"half a download")
+    with pytest.raises(DataError, match=fragment):
+        load_data(keras_data(f"data.name={name}"), 42)
+    assert sorted(p.name for p in keras_home.iterdir()) == [file]  # nothing half extracted is left
 
 
 def test_flowers_archive_in_the_cache_trains_evaluates_and_reports(keras_home, tmp_path):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,19 +109,25 @@ def _fetch(name: str, known: Known) -> Path:
         target = root / known.subdir / file
         if target.is_file() and not known.archive:
             continue
-        present = target.is_file()
+        present, url = target.is_file(), known.url_of(file)
+        damaged = (f"data.name={name}: cannot extract {target} ({{}}); delete it to fetch it again, or "
+                   f"place a good copy of {url} there")
         try:
-            got = keras.utils.get_file(file, origin=known.url_of(file), cache_dir=str(root.parent),
-                                       cache_subdir=str(Path("datasets", known.subdir)),
-                                       extract=known.archive)
+            with warnings.catch_warnings():  # a file that is no archive: said below, in one line
+                warnings.filterwarnings("ignore", message="Could not extract archive")
+                got = Path(keras.utils.get_file(file, origin=url, cache_dir=str(root.parent),
+                                                cache_subdir=str(Path("datasets", known.subdir)),
+                                                extract=known.archive))
         except Exception as exc:  # keras wraps URLError and HTTPError in a plain Exception
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            if present:  # our own copy would not extract
-                raise DataError(f"data.name={name}: cannot extract {target} ({reason}); delete it to fetch "
-                                f"it again, or place a good copy of {known.url_of(file)} there") from None
+            if present:  # our own copy would not extract: leave no half of it to be read next time
+                shutil.rmtree(root / f"{file[:file.find('.')]}_extracted", ignore_errors=True)
+                raise DataError(damaged.format(reason)) from None
             raise DataError(f"data.name={name}: cannot download {file} ({reason}); without network, "
-                            f"fetch {known.url_of(file)} elsewhere and place it at {target}") from None
-        got = Path(got)  # get_file may have used /tmp/.keras if the cache was not writable
+                            f"fetch {url} elsewhere and place it at {target}") from None
+        if known.archive and not got.is_dir():
+            raise DataError(damaged.format("not a complete .tar.gz archive"))
+        # get_file may have used /tmp/.keras if the cache was not writable
         root = got.parent if known.archive else got.parents[1 if known.subdir else 0]
     return root
 
