@@ -16,10 +16,11 @@ FLOORS = [
                 "imgclf.runs", "imgclf.config", "imgclf.layers"]),
     ("data", ["imgclf.data"]),
     ("reports", ["imgclf.reports"]),
-    ("models", ["imgclf.models", "imgclf.saved", "imgclf.inference", "imgclf.exported"]),
+    ("models", ["imgclf.models", "imgclf.saved", "imgclf.inference", "imgclf.exported",
+                "imgclf.gradcam"]),
     ("training", ["imgclf.training"]),
     ("jobs", ["imgclf.tuning", "imgclf.evaluate", "imgclf.predict", "imgclf.comparison", "imgclf.inspect",
-              "imgclf.export"]),
+              "imgclf.export", "imgclf.explain"]),
     # the package root re-exports the API (imgclf.train, ...): it stands on the API's floor
     ("api", ["imgclf", "imgclf.api"]),
     ("commands", ["imgclf.cli", "imgclf.__main__"]),

@@ -310,6 +310,32 @@ def export(
 
 
 @app.command()
+def explain(
+    model: Path = typer.Argument(..., help="A run directory or a .keras model file."),
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="An image file, a folder (recursive) "
+                                      "or a CSV of image paths."),
+    class_name: str | None = typer.Option(None, "--class", help="Explain this class (default: the "
+                                          "predicted one).", metavar="NAME"),
+    top_k: int | None = typer.Option(None, "--top-k", "-k", help="Explain the K most probable "
+                                     "classes of each image.", metavar="K"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the files (default: a new "
+                                    "folder under RUN_DIR/explain/)."),
+    unsafe: bool = typer.Option(False, "--unsafe", help=UNSAFE_HELP),
+) -> None:
+    """Grad-CAM heat maps: where the model looked in each image, as an overlay PNG and a .npy
+    array at the image's size, plus explain.csv and a contact sheet; the last line printed is
+    the folder."""
+    with _handled():
+        jobs = _load("explain")
+        done = jobs.explain(model, input_path, class_name=class_name, top_k=top_k, out=out,
+                            unsafe=unsafe, warn=lambda t: typer.echo(t, err=True))
+    typer.echo(jobs.summary_line(done), err=True)
+    typer.echo(str(done.out))
+    if done.failed == done.total:
+        raise typer.Exit(1)
+
+
+@app.command()
 def compare(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories, or folders holding runs."),
     sort: str | None = typer.Option(None, "--sort", help="Column to sort by, e.g. val_accuracy "

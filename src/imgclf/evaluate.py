@@ -18,6 +18,7 @@ from imgclf.data.scan import find_images, printable, skipped_note, unreadable_im
 from imgclf.data.sources import PATH_HOLDS
 from imgclf.data.tables import TABLES, read_table
 from imgclf.errors import ConfigError, DataError
+from imgclf.gradcam import case_maps
 from imgclf.inference import check_tta, load_model, predict_probs, write_prediction_rows
 from imgclf.reports.build import Context, build_reports, write_reports
 from imgclf.runs import Manifest, ensure_writable, new_run_dir, write_bad_files, write_json
@@ -186,7 +187,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
                  + (f" of {data}" if data else "") + (f", test-time augmentation {tta}" if tta else ""),
         config_text=(run.path / "config.yaml").read_text(encoding="utf-8"),
         cfg=items.cfg, image_root=items.image_root, curves_png=run.path / "curves.png",
-        notes=[note] if note else [],
+        notes=[note] if note else [], explain=case_maps(model, items.cfg, items.image_root),
     )
     if items.bad_files:
         ctx.notes.append(skipped_note(items.bad_files))

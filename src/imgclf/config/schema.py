@@ -104,6 +104,7 @@ class ModelConfig(Section):
 class OutputConfig(Section):
     dir: str = "outputs"
     name: str | None = None
+    gradcam: Int = Field(3, ge=0)
 
 
 class TuneConfig(Section):

@@ -1,7 +1,8 @@
 """Everything a run directory's reports are made of, computed from its saved files:
 classes.json, predictions.csv, history.csv, config.yaml and run.json in; metrics.json,
 per_class.csv, confusion_matrix.csv/.png, roc.png, misclassified.png, curves.png and
-report.html out. `imgclf train`, `imgclf evaluate` and ensembles all come through here."""
+report.html out. `imgclf train`, `imgclf evaluate` and ensembles all come through here.
+Given a model (``Context.explain``), gradcam.png too: where it looked in chosen images."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from imgclf.config import load_config
 from imgclf.data.scan import skipped_note
 from imgclf.data.sources import PATH_HOLDS
 from imgclf.errors import ImgclfError
+from imgclf.reports.cams import SHOWN, overlay, plot_cases, select_cases
 from imgclf.reports.html import render
 from imgclf.reports.images import load_images
 from imgclf.reports.metrics import (
@@ -44,6 +46,8 @@ class Context:
     curves_png: Path | None = None
     notes: list[str] = field(default_factory=list)
     facts: dict[str, str] = field(default_factory=dict)
+    # heat maps of chosen rows from the model (imgclf.gradcam.CaseMaps); None: none drawn
+    explain: object | None = None
 
 
 def read_predictions(folder: Path) -> pd.DataFrame:
@@ -131,8 +135,9 @@ def run_subtitle(manifest: dict, cfg, *first) -> str:
     return " · ".join(str(b) for b in bits if b)
 
 
-def write_reports(run_dir: str | Path) -> dict:
-    """Reports of a training run (or an ensemble) from its directory; returns metrics.json."""
+def write_reports(run_dir: str | Path, explain=None) -> dict:
+    """Reports of a training run (or an ensemble) from its directory, with heat maps where
+    ``explain`` (Context.explain) is given; returns metrics.json."""
     run_dir = Path(run_dir)
     history_path = run_dir / "history.csv"
     if history_path.exists():
@@ -141,7 +146,9 @@ def write_reports(run_dir: str | Path) -> dict:
         best = read_json(manifest).get("best_epoch") if manifest.exists() else None
         if len(history):
             plot_curves(history, run_dir / "curves.png", title=run_dir.name, best_epoch=best)
-    return build_reports(run_dir, run_context(run_dir))
+    ctx = run_context(run_dir)
+    ctx.explain = explain
+    return build_reports(run_dir, ctx)
 
 
 def build_reports(out_dir: Path, ctx: Context, flat: bool = False) -> dict:
@@ -182,6 +189,7 @@ def build_reports(out_dir: Path, ctx: Context, flat: bool = False) -> dict:
     plot_roc(roc_points(y_true, probs), class_names, out_dir / "roc.png",
              f"{primary} split: one-vs-rest ROC, macro AUC " + (f"{auc:.4f}" if auc is not None else "n/a"))
     _misclassified(out_dir, ctx, primary, rows, y_true, probs)
+    _where_looked(out_dir, ctx, primary, rows, y_true, probs)
     calibration = {split: (reliability(yt, p), metrics[split]["ece"])
                    for split, (yt, p, _) in by_split.items()}
     plot_reliability(calibration, out_dir / "reliability.png")
@@ -198,6 +206,11 @@ def build_reports(out_dir: Path, ctx: Context, flat: bool = False) -> dict:
         ],
         "Most confidently wrong": [
             (out_dir / "misclassified.png", "true class, predicted class and its probability"),
+        ],
+        "Where the model looked (Grad-CAM)": [
+            (out_dir / "gradcam.png", "each row one true class: its most confident right predictions "
+             "(green), then its most confidently wrong ones (red), the heat map of the predicted class "
+             "over each; red and yellow: the regions that raised that class's score most"),
         ],
     }
     page = render(
@@ -234,3 +247,51 @@ def _misclassified(out_dir: Path, ctx: Context, split: str, rows: pd.DataFrame,
     head = (f"{split} split: the {len(wrong)} most confidently wrong of {total} misclassified"
             if total else f"{split} split: no misclassified images")
     plot_image_grid(images, titles, out_dir / "misclassified.png", title=head)
+
+
+def _where_looked(out_dir: Path, ctx: Context, split: str, rows: pd.DataFrame,
+                  y_true: np.ndarray, probs: np.ndarray) -> None:
+    """gradcam.png: for each class, the Grad-CAM overlays of its most confident right and wrong
+    predictions. Without an explainer (a report rebuilt from files alone) a gradcam.png already
+    there is kept: it was drawn from the same predictions."""
+    if ctx.explain is None:
+        return
+    per_class = ctx.explain.per_class
+    id_col = "file" if "file" in rows else "index"
+    shown, cases = select_cases(y_true, probs, per_class)
+    flat = [case for group in cases for case in group]
+    (out_dir / "gradcam.png").unlink(missing_ok=True)
+    if not flat or id_col not in rows or ctx.cfg is None:
+        return
+    ids = rows[id_col].to_numpy()[[case.row for case in flat]].tolist()
+    try:
+        maps = iter(ctx.explain(split, id_col, ids, [case.pred for case in flat], SHOWN))
+    except (ImgclfError, OSError, KeyError) as exc:
+        ctx.notes.append(f"gradcam.png is not drawn: {exc}")
+        return
+    names = ctx.class_names
+    label = (lambda v: f"#{v}") if id_col == "index" else (lambda v: Path(str(v)).name)
+    images, titles, right = [], [], []
+    for group, ident in zip(cases, _chunks(ids, [len(g) for g in cases])):
+        for kind in (True, False):
+            picked = [(case, i) for case, i in zip(group, ident) if case.right == kind]
+            for case, i in picked:
+                images.append(overlay(*next(maps)))
+                titles.append(f"{label(i)}\ntrue {names[case.true]}\n"
+                              f"pred {names[case.pred]} ({case.prob:.2f})")
+                right.append(kind)
+            images += [None] * (per_class - len(picked))
+            titles += [""] * (per_class - len(picked))
+            right += [kind] * (per_class - len(picked))
+    more = f" (the {len(shown)} classes of lowest recall)" if len(shown) < len(names) else ""
+    plot_cases(images, titles, right, 2 * per_class, out_dir / "gradcam.png",
+               f"{split} split{more}: Grad-CAM of the predicted class; per class the most confident "
+               "right | wrong")
+
+
+def _chunks(items: list, sizes: list[int]) -> list[list]:
+    out, start = [], 0
+    for n in sizes:
+        out.append(items[start:start + n])
+        start += n
+    return out

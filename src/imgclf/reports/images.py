@@ -20,29 +20,34 @@ from imgclf.data.sources import files_root
 THUMB = 128
 
 
-def _thumb(path: Path) -> np.ndarray:
+def _thumb(path: Path, side: int = THUMB) -> np.ndarray:
     try:
         with open_quietly(path) as im:
-            im.draft("RGB", (THUMB, THUMB))  # JPEG: decode at a reduced scale
+            im.draft("RGB", (side, side))  # JPEG: decode at a reduced scale
             im = im.convert("RGB")
-            im.thumbnail((THUMB, THUMB))
+            im.thumbnail((side, side))
             return np.asarray(im)
     except (OSError, ValueError, Image.DecompressionBombError):  # PIL may refuse what TensorFlow read
-        return np.full((THUMB, THUMB, 3), 255, dtype=np.uint8)
+        return np.full((side, side, 3), 255, dtype=np.uint8)
+
+
+def image_paths(cfg: Config, ids: list, root: str | Path | None = None) -> list[Path]:
+    """The files of ``ids`` (predictions.csv's ``file``): under ``root``, or where the config's
+    source reads them (data/sources.files_root); as they are where there is no such folder."""
+    base = Path(root).expanduser() if root is not None else files_root(cfg.data)
+    if base is None:
+        return [Path(str(i)) for i in ids]
+    if base.is_file():  # a csv source: its paths are relative to the file's folder
+        base = base.parent
+    return [base / str(i) for i in ids]
 
 
 def load_images(cfg: Config, split: str, id_column: str, ids: list,
-                root: str | Path | None = None) -> list[np.ndarray]:
-    """The images of ``ids`` in ``split``: with ``id_column`` "file", files under ``root`` (or
-    where the config's source reads them: data/sources.files_root); with "index", items of the
-    config's array source."""
+                root: str | Path | None = None, size: int = THUMB) -> list[np.ndarray]:
+    """The images of ``ids`` in ``split``: with ``id_column`` "file", files (image_paths)
+    shrunk to fit ``size``; with "index", items of the config's array source as they are."""
     if id_column == "file":
-        base = Path(root).expanduser() if root is not None else files_root(cfg.data)
-        if base is None:
-            return [_thumb(Path(str(i))) for i in ids]  # absolute paths, or blanks
-        if base.is_file():  # a csv source: its paths are relative to the file's folder
-            base = base.parent
-        return [_thumb(base / str(i)) for i in ids]
+        return [_thumb(p, size) for p in image_paths(cfg, ids, root)]
     part = load_data(cfg.data, cfg.seed).splits[split]
     where = {int(item): pos for pos, item in enumerate(part.ids)}
     return [part.x[where[int(i)]] for i in ids]

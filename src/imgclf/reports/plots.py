@@ -117,7 +117,8 @@ def plot_reliability(tables: dict, path: Path) -> None:
 
 def plot_image_grid(images: list[np.ndarray], titles: list[str], path: Path, title: str = "",
                     cols: int = 6, colors: list[str] | None = None) -> None:
-    """Images (uint8, H x W x 1|3) in a grid, each titled; an empty list draws a note."""
+    """Images (uint8, H x W x 1|3) in a grid, each titled (a None leaves its cell empty); an
+    empty list draws a note."""
     n = len(images)
     cols = max(1, min(cols, n))
     rows = max(1, -(-n // cols))
@@ -128,6 +129,8 @@ def plot_image_grid(images: list[np.ndarray], titles: list[str], path: Path, tit
     if not images:
         axes[0, 0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
     for i, (img, text) in enumerate(zip(images, titles)):
+        if img is None:
+            continue
         ax = axes.flat[i]
         if img.ndim == 3 and img.shape[-1] == 1:
             ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")

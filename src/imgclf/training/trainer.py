@@ -18,6 +18,7 @@ from imgclf import interrupts
 from imgclf.config import Config, dump_yaml, load_config
 from imgclf.data import DataBundle
 from imgclf.errors import ConfigError
+from imgclf.gradcam import case_maps
 from imgclf.inference import load_model, predict_probs, save_inference_model, write_prediction_rows
 from imgclf.reports import write_reports
 from imgclf.reports.metrics import expected_calibration_error
@@ -248,7 +249,7 @@ def finish(run: Run, fitted: Fitted) -> Path:
         save_inference_model(model, run_dir / "model.keras")
     write_predictions(model, fitted.data, run.prep.bundle, run_dir / "predictions.csv",
                       run.prep.cfg.train.tta)
-    metrics = write_reports(run_dir)
+    metrics = write_reports(run_dir, explain=case_maps(model, run.prep.cfg))
     if calibration:
         metrics = _keep_uncalibrated(run_dir, metrics, calibration)
     run.manifest.close("finished")
