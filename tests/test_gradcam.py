@@ -74,6 +74,14 @@ def test_the_report_shows_right_and_wrong_cases_with_their_overlays(patch_run):
     assert page.count("data:image/png") >= 6
 
 
+def test_evaluate_reports_where_the_model_looked_too(patch_run):
+    run = patch_run[0]
+    result = CliRunner().invoke(app, ["evaluate", str(run)])
+    assert result.exit_code == 0, result.output
+    out = Path(result.output.strip().splitlines()[-1])
+    assert (out / "gradcam.png").is_file() and "Where the model looked" in (out / "report.html").read_text()
+
+
 def test_cases_are_the_most_confident_right_and_wrong_of_each_true_class():
     y_true = np.array([0, 0, 0, 1, 1, 1, 2])
     probs = np.array([[.9, .1, 0], [.6, .4, 0], [.2, .8, 0], [.3, .7, 0], [.1, .9, 0], [.7, .3, 0],
@@ -171,3 +179,11 @@ def test_explain_refuses_an_mlp_in_one_line(digits_runs, tmp_path):
     assert result.exit_code != 0
     assert "needs a convolutional layer" in result.output and "Traceback" not in result.output
     assert not (mlp / "explain").exists() or not any((mlp / "explain").iterdir())
+
+
+def test_runs_with_tta_mixed_precision_and_augmentation_in_the_model_get_their_overlays(tmp_path):
+    run = train_run(tmp_path, "train.tta=flip", "train.mixed_precision=bfloat16", "augment_on=model",
+                    "augment=[{name: flip, mode: horizontal}, {name: rotation, factor: 0.1}]",
+                    "output.gradcam=1")
+    assert (run / "gradcam.png").is_file()
+    assert "gradcam.png is not drawn" not in (run / "report.html").read_text()
