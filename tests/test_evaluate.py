@@ -153,12 +153,13 @@ def assert_self_contained(page: Path, n_images: int):
 
 def test_report_html_references_only_embedded_images(folder_run):
     # the end of train wrote it; evaluate writes the same page for its folder
-    assert_self_contained(folder_run / "report.html", 5)  # curves, confusion, ROC, misclassified, reliability
+    # curves, confusion, ROC, misclassified, reliability, Grad-CAM
+    assert_self_contained(folder_run / "report.html", 6)
     text = (folder_run / "report.html").read_text()
     for word in ("macro F1", "roc_auc_ovr", "cohen_kappa", "Per class", "ants", "Config", "simple_cnn"):
         assert word in text
     _, out = evaluate(folder_run)
-    assert_self_contained(out / "report.html", 5)
+    assert_self_contained(out / "report.html", 6)
     assert (out / "misclassified.png").read_bytes()[:8] == PNG
 
 

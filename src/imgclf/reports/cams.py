@@ -53,13 +53,13 @@ def select_cases(y_true: np.ndarray, probs: np.ndarray, per_class: int,
 
 def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """``heat`` (0..1, the image's height and width) in colour over ``image`` (uint8, 1 or 3
-    channels): the colour's weight grows with the heat, so where the model did not look the
-    photo stays visible under a light tint."""
+    channels): the colour's weight grows with the heat (to 0.6), so where the model did not look
+    the photo shows as it is."""
     rgb = image if image.ndim == 3 and image.shape[-1] == 3 else \
         np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
     heat = np.asarray(heat, np.float32)
     colour = matplotlib.colormaps[COLORMAP](heat, bytes=True)[..., :3].astype(np.float32)
-    alpha = (0.2 + 0.5 * heat)[..., None]
+    alpha = (0.6 * heat)[..., None]
     out = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colour
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import matplotlib
@@ -10,9 +11,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from imgclf.runs import atomic_path  # noqa: E402
+
+GRID_CELL = 200  # pixels: the longest side of an image in plot_image_grid
 
 
 def _save(fig, path: Path) -> None:
@@ -115,31 +120,64 @@ def plot_reliability(tables: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_image_grid(images: list[np.ndarray], titles: list[str], path: Path, title: str = "",
+def plot_image_grid(images: list[np.ndarray | None], titles: list[str], path: Path, title: str = "",
                     cols: int = 6, colors: list[str] | None = None) -> None:
-    """Images (uint8, H x W x 1|3) in a grid, each titled (a None leaves its cell empty); an
-    empty list draws a note."""
-    n = len(images)
-    cols = max(1, min(cols, n))
-    rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.4 * rows + 0.4), squeeze=False,
-                             layout="constrained")
-    for ax in axes.flat:
-        ax.axis("off")
+    """Images (uint8, H x W x 1|3) in a grid of GRID_CELL-pixel cells, each under its title (a
+    None leaves its cell empty); an empty list draws a note. Composed with PIL: matplotlib's
+    layout of dozens of titled axes took seconds a grid, and every run's report draws two."""
+    cols = max(1, min(cols, len(images)))
+    rows = max(1, -(-len(images) // cols))
+    font, big = _font(13), _font(17)
+    lines = max((t.count("\n") + 1 for t in titles if t), default=0)
+    cell_w, cell_h = GRID_CELL + 12, GRID_CELL + 17 * lines + 14
+    head = 34 if title else 6
+    sheet = Image.new("RGB", (cols * cell_w + 8, head + rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((sheet.width // 2, 8), _fitted(draw, title, big, sheet.width - 8), fill="black",
+                  font=big, anchor="ma")
     if not images:
-        axes[0, 0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
+        draw.text((sheet.width // 2, head + cell_h // 2), "nothing to show", fill="black", font=font,
+                  anchor="mm")
     for i, (img, text) in enumerate(zip(images, titles)):
         if img is None:
             continue
-        ax = axes.flat[i]
-        if img.ndim == 3 and img.shape[-1] == 1:
-            ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        else:
-            ax.imshow(img, interpolation="nearest" if max(img.shape[:2]) < 64 else "antialiased")
-        ax.set_title(text, fontsize=8, color=(colors[i] if colors else "black"))
-    if title:
-        fig.suptitle(title)
-    _save(fig, path)
+        r, c = divmod(i, cols)
+        x0, y0 = 4 + c * cell_w, head + r * cell_h
+        for k, line in enumerate(text.split("\n") if text else []):
+            draw.text((x0 + cell_w // 2, y0 + 17 * k), _fitted(draw, line, font, cell_w - 4),
+                      fill=colors[i] if colors else "black", font=font, anchor="ma")
+        tile = _tile(img)
+        sheet.paste(tile, (x0 + (cell_w - tile.width) // 2, y0 + 17 * lines + 4))
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG", compress_level=3)
+
+
+def _tile(img: np.ndarray) -> Image.Image:
+    """``img`` scaled to fit a grid cell: blocks (nearest) for small arrays such as 8x8 digits."""
+    img = np.asarray(img)
+    im = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img).convert("RGB")
+    scale = GRID_CELL / max(im.size)
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    small = max(im.size) < 64
+    return im.resize(size, Image.Resampling.NEAREST if small else Image.Resampling.LANCZOS)
+
+
+@cache
+def _font(size: int):
+    try:
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+    except OSError:
+        return ImageFont.load_default()
+
+
+def _fitted(draw, text: str, font, width: int) -> str:
+    """``text``, cut with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def plot_val_curves(histories: dict[str, pd.DataFrame], path: Path) -> None:
