@@ -17,7 +17,7 @@ from imgclf.data import load_data
 from imgclf.data.scan import open_quietly
 from imgclf.data.sources import files_root
 
-THUMB = 128
+THUMB = 224
 
 
 def _thumb(path: Path, side: int = THUMB) -> np.ndarray:
