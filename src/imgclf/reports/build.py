@@ -17,6 +17,7 @@ from imgclf.data.scan import skipped_note
 from imgclf.data.sources import PATH_HOLDS
 from imgclf.errors import ImgclfError
 from imgclf.reports.cams import SHOWN, overlay, plot_cases, select_cases
+from imgclf.reports.diagnose import Finding, diagnose
 from imgclf.reports.html import render
 from imgclf.reports.images import load_images
 from imgclf.reports.metrics import (
@@ -106,6 +107,7 @@ def run_context(run_dir: Path) -> Context:
         ctx.notes.append(f"This run is {status}: the numbers are those of the model it saved last "
                          f"(epoch {manifest.get('best_epoch') or '?'}).")
     ctx.subtitle = run_subtitle(manifest, cfg)
+    ctx.notes += [f"Diagnosis: {f.line()}." for f in diagnose_run(run_dir, manifest)]
     if (run_dir / "cv.json").exists():  # a k-fold run's summary (training/folds.py)
         ctx.notes.append(_cv_note(read_json(run_dir / "cv.json")))
     if cfg is not None:
@@ -120,6 +122,22 @@ def run_context(run_dir: Path) -> Context:
     if manifest.get("versions"):
         ctx.facts["versions"] = ", ".join(f"{k} {v}" for k, v in manifest["versions"].items())
     return ctx
+
+
+def diagnose_run(run_dir: Path, manifest: dict | None = None) -> list[Finding]:
+    """The diagnosis (diagnose.py) of a training run from history.csv and the val rows of
+    predictions.csv; none for a directory without them (a k-fold parent, an ensemble)."""
+    run_dir = Path(run_dir)
+    if manifest is None:
+        manifest = read_json(run_dir / MANIFEST) if (run_dir / MANIFEST).exists() else {}
+    if not (run_dir / "history.csv").exists() or not (run_dir / "predictions.csv").exists():
+        return []
+    history = pd.read_csv(run_dir / "history.csv")
+    class_names = read_json(run_dir / "classes.json")
+    val = read_predictions(run_dir)
+    val = val[val["split"] == "val"]
+    return diagnose(history, label_indices(val["true_label"], class_names),
+                    label_indices(val["pred_label"], class_names), class_names, manifest.get("best_epoch"))
 
 
 def run_subtitle(manifest: dict, cfg, *first) -> str:

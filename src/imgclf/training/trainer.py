@@ -20,7 +20,7 @@ from imgclf.data import DataBundle
 from imgclf.errors import ConfigError
 from imgclf.gradcam import case_maps
 from imgclf.inference import load_model, predict_probs, save_inference_model, write_prediction_rows
-from imgclf.reports import write_reports
+from imgclf.reports import diagnose_run, write_reports
 from imgclf.reports.metrics import expected_calibration_error
 from imgclf.runs import (
     MANIFEST,
@@ -252,13 +252,16 @@ def finish(run: Run, fitted: Fitted) -> Path:
     metrics = write_reports(run_dir, explain=case_maps(model, run.prep.cfg))
     if calibration:
         metrics = _keep_uncalibrated(run_dir, metrics, calibration)
-    run.manifest.close("finished")
+    findings = diagnose_run(run_dir, run.manifest.data)
+    run.manifest.close("finished", diagnosis=[f.record() for f in findings])
     barrier(run.dist)  # the other workers wait for this
     shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)  # a finished run needs no resume
 
     parts = [f"{s} accuracy {metrics[s]['accuracy']:.4f}" for s in ("val", "test") if s in metrics]
     run.echo(f"done in {fitted.train_time:.1f}s, {fitted.epochs} epochs (best {best.best_epoch}): "
              + ", ".join(parts))
+    for finding in findings:  # nothing when nothing is wrong; the run directory stays the last line
+        run.echo(f"diagnosis: {finding.line()}")
     return run_dir
 
 
