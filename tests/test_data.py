@@ -244,7 +244,7 @@ def test_corrupt_idx_file(idx_dir):
 
 
 def test_shrinking_averages_and_growing_interpolates():
-    """Folder images shrunk more than 2x are area-averaged (1-pixel stripes become their mean
+    """Folder images shrunk 3x or more are area-averaged (1-pixel stripes become their mean
     grey, not a moire of black and white); grown ones are interpolated."""
     import tensorflow as tf
 
@@ -258,3 +258,35 @@ def test_shrinking_averages_and_growing_interpolates():
     big = resize_image(tf.constant(ramp), (8, 8)).numpy()
     assert big.shape == (8, 8, 3)
     assert np.all(np.diff(big[0, :, 0]) >= 0) and len(np.unique(big[0, :, 0].round(3))) > 4  # smooth ramp
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 40)])
+def test_the_pipeline_decodes_every_kind_of_file_as_predict_does(tmp_path, size):
+    """make_dataset reads JPEG headers to decode groups of alike files without branches (a
+    scaled JPEG decode, then the same resize); every image must come out pixel for pixel as
+    decode_image (what predict, explain and evaluate's file loading use) gives it."""
+    import tensorflow as tf
+
+    from imgclf.data.decode import decode_image
+    from imgclf.data.pipeline import decode_files
+
+    rng = np.random.default_rng(0)
+    shapes = [(32, 32), (48, 40), (100, 80), (400, 300), (1000, 700), (60, 500), (33, 31)]
+    files = []
+    for i, (h, w) in enumerate(shapes):
+        img = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        img.save(tmp_path / f"c{i}.jpg", quality=90)
+        files.append(tmp_path / f"c{i}.jpg")
+    Image.fromarray(rng.integers(0, 255, (50, 70), dtype=np.uint8)).save(tmp_path / "gray.jpg")
+    rgb = Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    rgb.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 255, (90, 64, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    Image.fromarray(rng.integers(0, 255, (90, 64, 3), dtype=np.uint8)).save(tmp_path / "jpeg_named.png",
+                                                                          format="JPEG")
+    files += [tmp_path / n for n in ("gray.jpg", "cmyk.jpg", "p.png", "jpeg_named.png")]
+    files = [str(f) for f in files]
+    got = list(decode_files(files, size).as_numpy_iterator())
+    assert len(got) == len(files)
+    for f, img in zip(files, got):
+        want = decode_image(tf.constant(f), size).numpy()
+        assert img.shape == (*size, 3) and np.array_equal(img, want), f
