@@ -85,10 +85,13 @@ def test_exact_and_near_groups_across_classes_and_splits(dirty, tmp_path):
     assert "1 cross-class (conflicting labels), 1 cross-split (leakage)" in output
 
 
-def test_different_images_are_not_grouped(tmp_path):
+def test_different_images_are_not_grouped(tmp_path, monkeypatch):
     data = write_class_folder(tmp_path / "data", {"cats": 6, "dogs": 6})
-    _, _, rows = inspect(data, "--out", tmp_path / "o")
-    assert rows == []
+    monkeypatch.chdir(tmp_path)
+    output, out, rows = inspect(data)  # no --out: a new folder under outputs/
+    assert rows == [] and "duplicates: none" in output
+    assert out.parent == Path("outputs") and out.name.endswith("-inspect-data")
+    assert (tmp_path / out / "samples.png").is_file()
     hashes = [(f"{i}", int(v)) for i, v in enumerate([0, 0b1, 0xFFFF, 0xFFFF0000FFFF])]
     assert group_labels(hashes).tolist() == [0, 0, 1, 2]  # 1 bit apart: near; 16 and 32 bits: not
 

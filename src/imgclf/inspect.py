@@ -172,10 +172,14 @@ def _say_duplicates(bundle, cfg: Config, out: Path, echo) -> list[dict]:
     cross_class = sum("cross-class" in h["scope"] for h in heads)
     cross_split = sum("cross-split" in h["scope"] for h in heads)
     unhashed = sum(h is None for h in hashes)
-    echo(f"duplicates: {len(groups)} group(s) of {len(rows)} images: {kinds['exact']} exact (same pixels), "
-         f"{kinds['near']} near (phash within {NEAR_DISTANCE} bits); {cross_class} cross-class "
-         f"(conflicting labels), {cross_split} cross-split (leakage)"
-         + (f"; {unhashed} image(s) PIL cannot decode not compared" if unhashed else ""))
+    if not groups:
+        echo(f"duplicates: none (no two images with the same pixels or within {NEAR_DISTANCE} phash bits)")
+    else:
+        echo(f"duplicates: {len(groups)} group(s) of {len(rows)} images: {kinds['exact']} exact (same "
+             f"pixels), {kinds['near']} near (phash within {NEAR_DISTANCE} bits); {cross_class} cross-class "
+             f"(conflicting labels), {cross_split} cross-split (leakage)")
+    if unhashed:
+        echo(f"  {unhashed} image(s) PIL cannot decode were not compared")
     for number, g in list(groups.items())[:GROUPS_SHOWN]:
         echo(f"  group {number} ({g[0]['kind']}, {g[0]['scope']}): "
              + ", ".join(f"{r['split']}:{r['file']}" for r in g[:6]) + (" ..." if len(g) > 6 else ""))
