@@ -23,7 +23,7 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from imgclf.data.scan import cache_file, open_quietly, stamp
+from imgclf.data.scan import cache_file, open_quietly, printable, stamp
 from imgclf.runs import write_json
 
 # phash bits (of 64) two images may differ in and count as near duplicates: a resize plus a
@@ -208,7 +208,8 @@ def bundle_hashes(bundle) -> tuple[list[Member], list[Hashes | None]]:
     all splits hashed in one call (one cache), arrays hashed in memory."""
     members, paths = [], []
     for name, part in bundle.splits.items():
-        members += [Member(name, bundle.class_names[int(c)], str(i)) for c, i in zip(part.y, part.ids)]
+        members += [Member(name, bundle.class_names[int(c)], printable(str(i)))
+                    for c, i in zip(part.y, part.ids)]
         if part.files is not None:
             paths += [Path(f) for f in part.files]
     if bundle.kind == "files":
