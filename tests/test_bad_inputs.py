@@ -190,7 +190,8 @@ def hostile(tmp_path_factory):
     run = last_line_path(train)
     predict = runner.invoke(app, ["predict", str(run), str(root), "--output", str(base / "pred.csv")])
     evaluate = runner.invoke(app, ["evaluate", str(run), "--data", str(root), "--name", "again"])
-    inspect = runner.invoke(app, ["inspect", str(root), "--grid", str(base / "grid.png")])
+    inspect = runner.invoke(app, ["inspect", str(root), "--grid", str(base / "grid.png"), "--out",
+                                  str(base / "inspect")])
     return dict(root=root, expect=expect, run=run, train=train, predict=predict, evaluate=evaluate,
                 inspect=inspect, base=base)
 

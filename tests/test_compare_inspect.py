@@ -83,9 +83,11 @@ def test_compare_refuses_a_folder_without_runs(tmp_path):
 def test_inspect_a_folder(tmp_path):
     data = write_class_folder(tmp_path / "data", {"cats": 12, "dogs": 4})
     (data / "dogs" / "bad.jpg").write_bytes(b"")
-    grid = tmp_path / "grid.png"
-    result = invoke("inspect", data, "--grid", grid, "--per-class", "3")
+    result = invoke("inspect", data, "--out", tmp_path / "look", "--per-class", "3")
     assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == str(tmp_path / "look")  # the folder, last
+    grid = tmp_path / "look" / "samples.png"
+    assert (tmp_path / "look" / "duplicates.csv").read_text().startswith("group,kind,scope,split,class,file")
     out = result.output
     assert "imbalance: 3.00 (largest class cats 12, smallest dogs 4)" in out
     assert "modes: RGB 16" in out and "PNG 8" in out and "JPEG 8" in out
@@ -95,8 +97,9 @@ def test_inspect_a_folder(tmp_path):
     lines = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.startswith(("cats", "dogs"))}
     assert lines["cats"][-1] == "12" and lines["dogs"][-1] == "4"
 
-    result = invoke("inspect", data, "--augment", "--grid", grid)
-    assert result.exit_code == 2 and "--augment: the config has no augment steps" in result.output
+    result = invoke("inspect", data, "--augment", "--out", tmp_path / "again")
+    assert result.exit_code == 2 and not (tmp_path / "again").exists()
+    assert "--augment: the config has no augment steps" in result.output
 
 
 def test_inspect_a_config_with_augmentation(tmp_path):
@@ -104,8 +107,10 @@ def test_inspect_a_config_with_augmentation(tmp_path):
     config.write_text("data: {test_split: 0.2}\n"
                       "augment:\n  - {name: flip}\n  - {name: rotation, factor: 0.2}\n")
     grid = tmp_path / "s.png"
-    result = invoke("inspect", config, "--augment", "--grid", grid, "--per-class", "2")
+    result = invoke("inspect", config, "--augment", "--grid", grid, "--per-class", "2",
+                    "--out", tmp_path / "o")
     assert result.exit_code == 0, result.output
+    assert not (tmp_path / "o" / "samples.png").exists()  # --grid puts the grid elsewhere
     assert "images: all 8x8 (WxH), mode L (grayscale), uint8" in result.output
     assert "test" in result.output.splitlines()[1]  # the split columns
     augmented = tmp_path / "s_augmented.png"
@@ -131,7 +136,7 @@ def test_plot_and_grid_files_must_be_png(digits_runs, tmp_path):
     result = invoke("compare", *digits_runs, "--plot", tmp_path / "curves.pdf")
     assert result.exit_code == 2 and "--plot must end in .png. Received: plot=" in result.output
     data = write_class_folder(tmp_path / "data", {"cats": 2, "dogs": 2})
-    result = invoke("inspect", data, "--grid", tmp_path / "grid.jpg")
+    result = invoke("inspect", data, "--grid", tmp_path / "grid.jpg", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "--grid must end in .png. Received: grid=" in result.output
 
 
@@ -139,6 +144,6 @@ def test_inspect_augment_with_only_mixing_steps(tmp_path):
     data = write_class_folder(tmp_path / "data", {"cats": 3, "dogs": 3})
     config = tmp_path / "mix.yaml"
     config.write_text(f"data: {{source: folder, path: {data}}}\naugment:\n  - {{name: mixup, alpha: 0.2}}\n")
-    result = invoke("inspect", config, "--augment", "--grid", tmp_path / "s.png")
+    result = invoke("inspect", config, "--augment", "--grid", tmp_path / "s.png", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "mix pairs of images" in result.output
     assert not (tmp_path / "s_augmented.png").exists()

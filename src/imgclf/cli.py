@@ -360,14 +360,20 @@ def inspect_data(
                                   "(any data source)."),
     augment: bool = typer.Option(False, "--augment", help="Also draw the samples after the "
                                  "config's augmentation."),
-    grid: Path = typer.Option(Path("samples.png"), "--grid", help="Where the sample grid goes "
-                              "(--augment adds <name>_augmented.png)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for samples.png and "
+                                    "duplicates.csv (default: a new folder under outputs/)."),
+    grid: Path | None = typer.Option(None, "--grid", help="Put the sample grid here instead "
+                                     "(--augment adds <name>_augmented.png)."),
     per_class: int = typer.Option(6, "--per-class", help="Samples per class in the grid."),
+    fix_split: bool = typer.Option(False, "--fix-split", help="Inspect the data as "
+                                   "data.dedupe_split=true splits it: duplicates kept in one split."),
 ) -> None:
-    """Class counts and imbalance, image sizes and modes, unreadable files, sample grids."""
+    """Class counts and imbalance, image sizes and modes, unreadable files, exact and near
+    duplicates (duplicates.csv), sample grids; the last line printed is the folder."""
     with _handled():
-        _load("inspect").inspect(target, augment=augment, grid=grid, per_class=per_class,
-                                 echo=typer.echo)
+        folder = _load("inspect").inspect(target, augment=augment, grid=grid, out=out, per_class=per_class,
+                                          fix_split=fix_split, echo=typer.echo)
+    typer.echo(str(folder))
 
 
 def main() -> None:

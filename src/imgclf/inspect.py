@@ -1,12 +1,14 @@
 """`imgclf inspect`: what is in a data set before training on it.
 
 Class counts per split and the imbalance ratio, image sizes and modes, the files that do not
-decode, and a PNG grid of sample images per class; with --augment, the same images again
-after the config's training augmentation.
+decode, exact and near duplicate images (duplicates.csv: the groups, and which cross classes
+or splits), and a PNG grid of sample images per class; with --augment, the same images again
+after the config's training augmentation. Its files go into one folder, printed last.
 """
 
 from __future__ import annotations
 
+import csv
 from collections import Counter
 from pathlib import Path
 
@@ -18,30 +20,34 @@ from PIL import Image
 from imgclf.config import Config, load_config
 from imgclf.data import load_data
 from imgclf.data.augment import MIXERS, augmentation_layers, split_steps
+from imgclf.data.duplicates import NEAR_DISTANCE, bundle_hashes, duplicate_rows
 from imgclf.data.scan import open_quietly, skipped_summary
 from imgclf.data.tables import TABLES
 from imgclf.errors import ConfigError, DataError
 from imgclf.reports.images import _thumb
 from imgclf.reports.plots import plot_image_grid
-from imgclf.runs import ensure_writable
+from imgclf.runs import ensure_writable, new_run_dir
 
 SAMPLES_PER_CLASS = 6
 MAX_CLASSES_SHOWN = 12
 DISPLAY_SIZE = (128, 128)  # folders with no data.image_size: augment at this size
+GROUPS_SHOWN = 10  # duplicate groups printed; duplicates.csv lists them all
+DUPLICATE_COLUMNS = ["group", "kind", "scope", "split", "class", "file", "distance"]
 
 
-def config_for(target: str | Path) -> Config:
+def config_for(target: str | Path, overrides: list[str] | None = None) -> Config:
     """A config file as it is; a folder of class folders, an .npz file or a CSV of paths and
-    labels (its default columns) with defaults."""
+    labels (its default columns) with defaults; ``overrides`` (--set style) on top."""
     path = Path(target).expanduser()
+    extra = list(overrides or [])
     if path.suffix.lower() in (".yaml", ".yml"):
-        return load_config(path)
+        return load_config(path, extra)
     if path.is_dir():
-        return load_config(None, ["data.source=folder", f"data.path={path}"])
+        return load_config(None, ["data.source=folder", f"data.path={path}", *extra])
     if path.suffix.lower() == ".npz":
-        return load_config(None, ["data.source=npz", f"data.path={path}"])
+        return load_config(None, ["data.source=npz", f"data.path={path}", *extra])
     if path.suffix.lower() in TABLES:
-        return load_config(None, ["data.source=csv", f"data.path={path}"])
+        return load_config(None, ["data.source=csv", f"data.path={path}", *extra])
     if not path.exists():
         raise DataError(f"not found: {path} (expected a data folder, an .npz or .csv file or a config .yaml)")
     raise ConfigError(f"expected a data folder, an .npz or .csv file or a config .yaml. Received: {path}")
@@ -87,7 +93,7 @@ def _augmented(images: list[np.ndarray], cfg: Config, size) -> list[np.ndarray]:
     return list(np.clip(np.rint(np.asarray(batch)), 0, 255).astype(np.uint8))
 
 
-def _check_args(cfg: Config, augment: bool, grid: Path, per_class: int) -> None:
+def _check_args(cfg: Config, augment: bool, grid: Path | None, per_class: int) -> None:
     if augment and not cfg.augment:
         raise ConfigError("--augment: the config has no augment steps (pass a config .yaml with an "
                           "`augment:` list)")
@@ -95,11 +101,12 @@ def _check_args(cfg: Config, augment: bool, grid: Path, per_class: int) -> None:
         steps = ", ".join(s.name for s in cfg.augment)
         raise ConfigError(f"--augment: the config's augment steps ({steps}) mix pairs of images in a "
                           "batch and change no single image; there is nothing to draw")
-    if grid.suffix.lower() != ".png":
+    if grid is not None and grid.suffix.lower() != ".png":
         raise ConfigError(f"--grid must end in .png. Received: grid={grid}")
-    if not grid.parent.is_dir():
+    if grid is not None and not grid.parent.is_dir():
         raise DataError(f"--grid: folder not found: {grid.parent}")
-    ensure_writable(grid.parent)
+    if grid is not None:
+        ensure_writable(grid.parent)
     if per_class < 1:
         raise ConfigError(f"--per-class must be at least 1. Received: per_class={per_class}")
 
@@ -148,33 +155,86 @@ def _say_images(bundle, echo) -> None:
         echo("unreadable: none")
 
 
-def inspect(target: str | Path, *, augment: bool = False, grid: str | Path = "samples.png",
-            per_class: int = SAMPLES_PER_CLASS, echo=print) -> list[Path]:
-    """Print the summary; write the grid(s); return the PNG paths written."""
-    cfg = config_for(target)
-    grid = Path(grid)
+def _say_duplicates(bundle, cfg: Config, out: Path, echo) -> list[dict]:
+    """Exact and near duplicate groups, those crossing classes or splits, and duplicates.csv."""
+    members, hashes = bundle_hashes(bundle)
+    rows = duplicate_rows(members, hashes)
+    path = out / "duplicates.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=DUPLICATE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    groups: dict[int, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    heads = [g[0] for g in groups.values()]
+    kinds = Counter(h["kind"] for h in heads)
+    cross_class = sum("cross-class" in h["scope"] for h in heads)
+    cross_split = sum("cross-split" in h["scope"] for h in heads)
+    unhashed = sum(h is None for h in hashes)
+    if not groups:
+        echo(f"duplicates: none (no two images with the same pixels or within {NEAR_DISTANCE} phash bits)")
+    else:
+        echo(f"duplicates: {len(groups)} group(s) of {len(rows)} images: {kinds['exact']} exact (same "
+             f"pixels), {kinds['near']} near (phash within {NEAR_DISTANCE} bits); {cross_class} cross-class "
+             f"(conflicting labels), {cross_split} cross-split (leakage)")
+    if unhashed:
+        echo(f"  {unhashed} image(s) PIL cannot decode were not compared")
+    for number, g in list(groups.items())[:GROUPS_SHOWN]:
+        echo(f"  group {number} ({g[0]['kind']}, {g[0]['scope']}): "
+             + ", ".join(f"{r['split']}:{r['file']}" for r in g[:6]) + (" ..." if len(g) > 6 else ""))
+    if len(groups) > GROUPS_SHOWN:
+        echo(f"  ... and {len(groups) - GROUPS_SHOWN} more groups")
+    if cfg.data.dedupe_split:
+        echo("data.dedupe_split: each group stays in one of the splits imgclf makes"
+             + (f"; {cross_split} group(s) cross the data's own split folders or columns (move or delete "
+                "those files)" if cross_split else ""))
+    echo(f"duplicate list: {path}")
+    return rows
+
+
+def _out_folder(target, out) -> Path:
+    if out is None:
+        return new_run_dir("outputs", f"inspect-{Path(target).stem or 'data'}")
+    out = ensure_writable(Path(out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"--out: cannot create {out}: {exc.strerror}") from None
+    return out
+
+
+def inspect(target: str | Path, *, augment: bool = False, grid: str | Path | None = None,
+            out: str | Path | None = None, per_class: int = SAMPLES_PER_CLASS, fix_split: bool = False,
+            echo=print) -> Path:
+    """Print the summary; write the grid(s) and duplicates.csv into ``out`` (default: a new
+    folder under outputs/; ``grid`` puts the sample grid elsewhere); return the folder.
+    ``fix_split`` inspects the data as data.dedupe_split=true splits it."""
+    cfg = config_for(target, ["data.dedupe_split=true"] if fix_split else None)
+    grid = None if grid is None else Path(grid)
     _check_args(cfg, augment, grid, per_class)
     bundle = load_data(cfg.data, cfg.seed)
     d = cfg.data
     echo(f"data: {d.source}" + (f" {d.path}" if d.path else "") + f"; {bundle.summary()}")
     _say_counts(bundle, echo)
     _say_images(bundle, echo)
+    out = _out_folder(target, out)
+    _say_duplicates(bundle, cfg, out, echo)
+    grid = grid or out / "samples.png"
 
     names = bundle.class_names
     images, titles = _samples(bundle, cfg.seed, per_class)
     shown = "" if len(names) <= MAX_CLASSES_SHOWN else f" (first {MAX_CLASSES_SHOWN} of {len(names)} classes)"
     cols = max(1, min(per_class, max(1, len(titles))))
     plot_image_grid(images, titles, grid, title=f"training samples per class{shown}", cols=cols)
-    written = [grid]
     echo(f"samples: {grid}")
     if augment:
         size = tuple(d.image_size) if d.image_size else (bundle.image_size or DISPLAY_SIZE)
-        out = grid.with_name(f"{grid.stem}_augmented{grid.suffix}")
+        aug = grid.with_name(f"{grid.stem}_augmented{grid.suffix}")
         steps = ", ".join(s.name for s in cfg.augment if s.name not in MIXERS)
         if any(s.name in MIXERS for s in cfg.augment):
             steps += "; mixup/cutmix not shown"
-        plot_image_grid(_augmented(images, cfg, size), titles, out,
+        plot_image_grid(_augmented(images, cfg, size), titles, aug,
                         title=f"the same images after augmentation ({steps})", cols=cols)
-        written.append(out)
-        echo(f"augmented: {out}")
-    return written
+        echo(f"augmented: {aug}")
+    return out

@@ -30,6 +30,7 @@ class DataConfig(Section):
     val_split: Float = Field(0.2, ge=0.0, lt=1.0)
     test_split: Float = Field(0.0, ge=0.0, lt=1.0)
     holdout_last_n: Int = Field(0, ge=0)
+    dedupe_split: bool = False
     image_size: list[PositiveInt] | None = None
     channels: Annotated[Literal[1, 3], BeforeValidator(not_bool)] | None = None
     batch_size: PositiveInt = 32

@@ -2,7 +2,7 @@
 
 The check runs every file through the training pipeline's own TensorFlow decoder, in
 parallel, so a file that passes cannot fail mid-epoch. Its verdicts are cached on disk per
-file (keyed by ``_stamp``: size, inode, modification and change time), so a second command on
+file (keyed by ``stamp``: size, inode, modification and change time), so a second command on
 the same folder (another run, a resume, every trial of a sweep, evaluate, inspect) decodes
 only the files that changed.
 """
@@ -77,14 +77,15 @@ def cache_dir() -> Path:
     return Path(base) / "imgclf"
 
 
-def _cache_file(paths: list[Path]) -> Path:
-    # one cache per data folder: the files' common parent
+def cache_file(paths: list[Path], kind: str = "scan") -> Path:
+    """The cache of ``kind`` (scan: decode verdicts; hashes: data/duplicates.py's image hashes)
+    for ``paths``: one per data folder, the files' common parent."""
     common = os.path.commonpath([str(p.absolute().parent) for p in paths])
-    return cache_dir() / "scan" / (hashlib.sha1(common.encode("utf-8", "surrogateescape")).hexdigest()[:20]
-                                   + ".json")
+    return cache_dir() / kind / (hashlib.sha1(common.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+                                 + ".json")
 
 
-def _stamp(path: Path) -> list | None:
+def stamp(path: Path) -> list | None:
     """What identifies a file's content without reading it: size, inode, and the modification
     and change times (ctime moves on every write and cannot be set back by `cp -p`, `rsync -a`
     or `touch -r`)."""
@@ -128,13 +129,13 @@ def _write_cache(file: Path, entries: dict) -> None:
 def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
     """The files among ``paths`` that cannot be used, as (path, reason), in order: files that
     do not decode, and files ``refuse`` turns down. Verdicts come from the cache where a file's
-    ``_stamp`` is unchanged; the rest are checked (in parallel) and cached."""
+    ``stamp`` is unchanged; the rest are checked (in parallel) and cached."""
     if not paths:
         return []
-    cache_file = _cache_file(paths)
-    cached = _read_cache(cache_file)
+    where = cache_file(paths)
+    cached = _read_cache(where)
     verdicts: dict[Path, str | None] = {}
-    stamps = {p: _stamp(p) for p in paths}
+    stamps = {p: stamp(p) for p in paths}
     todo = []
     for p in paths:
         hit = cached.get(str(p.absolute()))
@@ -148,7 +149,7 @@ def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
         for p in todo:
             if stamps[p] is not None:
                 cached[str(p.absolute())] = [*stamps[p], verdicts[p]]
-        _write_cache(cache_file, cached)
+        _write_cache(where, cached)
     return [(p, verdicts[p]) for p in paths if verdicts[p] is not None]
 
 

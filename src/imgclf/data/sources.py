@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 
 from imgclf.config import DataConfig
 from imgclf.data.bundle import DataBundle, Split
+from imgclf.data.duplicates import groups_for
 from imgclf.data.known import FASHION, cached, locate, read_arrays
 from imgclf.data.scan import find_images, printable, unreadable_images, visible_subdirs
 from imgclf.data.splits import fold_of, split_indices
@@ -77,6 +78,7 @@ def _array_bundle(cfg: DataConfig, seed: int, x, y, x_test=None, y_test=None, na
         for k, v in split_indices(
             y, val_split=cfg.val_split, test_split=cfg.test_split,
             holdout_last_n=cfg.holdout_last_n, seed=seed, has_val=False, has_test=has_test,
+            groups=groups_for(full, cfg.dedupe_split),
         ).items()
     }
     if has_test:
@@ -247,6 +249,7 @@ def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
         splits["train"].y, val_split=cfg.val_split, test_split=cfg.test_split,
         holdout_last_n=cfg.holdout_last_n, seed=seed,
         has_val="val" in splits, has_test="test" in splits,
+        groups=groups_for(splits["train"], cfg.dedupe_split),
     )
     full = splits["train"]
     for name, idx in pieces.items():

@@ -34,11 +34,13 @@ def split_indices(
     seed: int,
     has_val: bool,
     has_test: bool,
+    groups: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Indices into ``y`` for train and, where asked, val and test.
 
     ``y`` must be in the source's sorted order (sorted file paths, array order): the
-    holdout takes the last ``holdout_last_n`` items of each class in that order.
+    holdout takes the last ``holdout_last_n`` items of each class in that order. ``groups``
+    (a label per item, data.dedupe_split) keeps the items sharing a label in one split.
     """
     y = np.asarray(y)
     if holdout_last_n and test_split:
@@ -67,7 +69,19 @@ def split_indices(
     if not has_val and val_split:
         idx, out["val"] = _stratified(idx, y, val_split, seed, "validation")
     out["train"] = idx
-    return out
+    return out if groups is None else keep_together(out, np.asarray(groups))
+
+
+def keep_together(splits: dict[str, np.ndarray], groups: np.ndarray) -> dict[str, np.ndarray]:
+    """``splits`` with every group (items sharing a label of ``groups``) moved whole into the
+    split of its first member (lowest index): seeded as the split itself, no group crosses."""
+    names = list(splits)
+    where = np.empty(len(groups), np.int64)
+    for k, name in enumerate(names):
+        where[splits[name]] = k
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    where = where[first][inverse]
+    return {name: np.flatnonzero(where == k) for k, name in enumerate(names)}
 
 
 def fold_of(bundle: DataBundle, folds: int, fold: int, seed: int) -> DataBundle:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from imgclf.config import DataConfig
 from imgclf.data.bundle import DataBundle, Split
+from imgclf.data.duplicates import groups_for
 from imgclf.data.scan import unreadable_images
 from imgclf.data.splits import split_indices
 from imgclf.errors import ConfigError, DataError
@@ -143,7 +144,8 @@ def _splits(cfg: DataConfig, seed: int, every: Split, named: list[str]) -> dict[
         raise DataError(f"data.path {cfg.path}: no rows left to train on (every row is val or test)")
     pieces = split_indices(every.y[pool], val_split=cfg.val_split, test_split=cfg.test_split,
                            holdout_last_n=cfg.holdout_last_n, seed=seed,
-                           has_val="val" in fixed, has_test="test" in fixed)
+                           has_val="val" in fixed, has_test="test" in fixed,
+                           groups=groups_for(every.take(pool), cfg.dedupe_split))
     splits = {**{s: every.take(idx) for s, idx in fixed.items()},
               **{s: every.take(pool[idx]) for s, idx in pieces.items()}}
     return {s: splits[s] for s in SPLITS if s in splits}
