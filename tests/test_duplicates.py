@@ -3,6 +3,7 @@ which cross classes or splits, data.dedupe_split, and the hash cache."""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,24 @@ def test_inspect_bad_input_is_one_line(tmp_path):
     result = runner.invoke(app, ["inspect", str(data), "--out", str(tmp_path / "file" / "sub")])
     assert result.exit_code != 0 and "Traceback" not in result.output and len(result.output.splitlines()) >= 1
     assert result.output.strip().splitlines()[-1].startswith("imgclf: error:")
+
+
+def test_train_starts_with_a_word_on_duplicates_and_says_nothing_without(tmp_path):
+    clean = tmp_path / "clean"
+    for c, name in enumerate(("cats", "dogs")):
+        (clean / name).mkdir(parents=True)
+        for i in range(6):
+            photo(100 * c + i).save(clean / name / f"{i}.png")
+    dirty = tmp_path / "dirty"
+    shutil.copytree(clean, dirty)
+    photo(0).save(dirty / "dogs" / "also_cat_0.png")  # the same picture under two classes
+    for folder, expect in ((clean, False), (dirty, True)):
+        args = ["train", "--out", str(tmp_path / "runs"), "--set", "data.source=folder",
+                "--set", f"data.path={folder}", "--set", "data.image_size=[16,16]", "--set", "train.epochs=1",
+                "--set", "model.filters=[4]", "--set", "train.verbose=0", "--set", "output.gradcam=0"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        line = [ln for ln in result.output.splitlines() if ln.startswith("duplicates:")]
+        assert bool(line) == expect, result.output
+        if expect:
+            assert "1 group(s)" in line[0] and "1 across classes" in line[0] and "imgclf inspect" in line[0]

@@ -227,3 +227,22 @@ def groups_for(part, dedupe: bool) -> np.ndarray | None:
     paths = [Path(f) for f in part.files]
     found = file_hashes(paths)
     return split_groups([found[p] for p in paths])
+
+
+def duplicates_line(bundle, data_path: str | None) -> str | None:
+    """The start of `imgclf train`'s word on duplicates in a files source (its hashes cached
+    like the scan's): how many groups, how many cross splits or classes, and where to look;
+    None when there are none, or for arrays (hashed anew each time: `imgclf inspect` does it)."""
+    if bundle.kind != "files":
+        return None
+    members, hashes = bundle_hashes(bundle)
+    heads = {}
+    for row in duplicate_rows(members, hashes):
+        heads.setdefault(row["group"], row)
+    if not heads:
+        return None
+    cross_split = sum("cross-split" in h["scope"] for h in heads.values())
+    cross_class = sum("cross-class" in h["scope"] for h in heads.values())
+    return (f"duplicates: {len(heads)} group(s) of identical or near-identical images, {cross_split} "
+            f"across splits (leakage), {cross_class} across classes (conflicting labels); "
+            f"`imgclf inspect {data_path or 'CONFIG'}` lists them")

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from imgclf.config import SCHEDULE_PARAMS, Config, TrainConfig
+from imgclf.data.duplicates import duplicates_line
 from imgclf.data.scan import skipped_summary
 from imgclf.errors import TrainingError
 from imgclf.runs import Manifest, write_bad_files, write_json
@@ -103,6 +104,9 @@ def announce(run: Run) -> None:
             echo(f"  {p}: {r}")
     echo(f"data: {prep.cfg.data.source} {bundle.summary()}; images {prep.image_size[0]}x"
          f"{prep.image_size[1]}x{prep.channels}")
+    found = duplicates_line(bundle, prep.cfg.data.path)
+    if found:
+        echo(found)
     params = int(run.model.count_params())
     echo(f"model: {prep.cfg.model.name}, {params:,} parameters")
     run.manifest.update(model=prep.cfg.model.name, params=params, classes=bundle.num_classes,
