@@ -135,7 +135,7 @@ def _explain_batch(cam: GradCam, pred, good: list, base: Path, folder: Path, fix
                 Image.fromarray(shown[0]).save(tmp, format="PNG")
         else:
             plot_image_grid(shown, [f"{n}. {t}" for n, t in enumerate(labels, 1)], png,
-                            title=printable(rel), cols=len(shown))
+                            title=printable(rel), cols=len(shown), cell=max(big.shape[:2]))
         for rank, c in enumerate(ranked[i], 1):
             rows.writerow([rel, rank, names[c], f"{probs[i, c]:.6g}", png.relative_to(folder).as_posix(),
                            npy.relative_to(folder).as_posix(), ""])

@@ -121,15 +121,17 @@ def plot_reliability(tables: dict, path: Path) -> None:
 
 
 def plot_image_grid(images: list[np.ndarray | None], titles: list[str], path: Path, title: str = "",
-                    cols: int = 6, colors: list[str] | None = None) -> None:
-    """Images (uint8, H x W x 1|3) in a grid of GRID_CELL-pixel cells, each under its title (a
-    None leaves its cell empty); an empty list draws a note. Composed with PIL: matplotlib's
-    layout of dozens of titled axes took seconds a grid, and every run's report draws two."""
+                    cols: int = 6, colors: list[str] | None = None, cell: int = 0) -> None:
+    """Images (uint8, H x W x 1|3) in a grid of ``cell``-pixel cells (default GRID_CELL), each
+    under its title (a None leaves its cell empty); an empty list draws a note. Composed with
+    PIL: matplotlib's layout of dozens of titled axes took seconds a grid, and every run's
+    report draws two."""
     cols = max(1, min(cols, len(images)))
     rows = max(1, -(-len(images) // cols))
     font, big = _font(13), _font(17)
     lines = max((t.count("\n") + 1 for t in titles if t), default=0)
-    cell_w, cell_h = GRID_CELL + 12, GRID_CELL + 17 * lines + 14
+    cell = cell or GRID_CELL
+    cell_w, cell_h = cell + 12, cell + 17 * lines + 14
     head = 34 if title else 6
     sheet = Image.new("RGB", (cols * cell_w + 8, head + rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
@@ -147,17 +149,19 @@ def plot_image_grid(images: list[np.ndarray | None], titles: list[str], path: Pa
         for k, line in enumerate(text.split("\n") if text else []):
             draw.text((x0 + cell_w // 2, y0 + 17 * k), _fitted(draw, line, font, cell_w - 4),
                       fill=colors[i] if colors else "black", font=font, anchor="ma")
-        tile = _tile(img)
+        tile = _tile(img, cell)
         sheet.paste(tile, (x0 + (cell_w - tile.width) // 2, y0 + 17 * lines + 4))
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG", compress_level=3)
 
 
-def _tile(img: np.ndarray) -> Image.Image:
+def _tile(img: np.ndarray, cell: int) -> Image.Image:
     """``img`` scaled to fit a grid cell: blocks (nearest) for small arrays such as 8x8 digits."""
     img = np.asarray(img)
     im = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img).convert("RGB")
-    scale = GRID_CELL / max(im.size)
+    if max(im.size) == cell:
+        return im
+    scale = cell / max(im.size)
     size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
     small = max(im.size) < 64
     return im.resize(size, Image.Resampling.NEAREST if small else Image.Resampling.LANCZOS)
