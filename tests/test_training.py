@@ -257,3 +257,25 @@ def test_train_tta_flip_averages_each_image_with_its_mirror(tmp_path):
     assert list(rows["pred_label"].astype(str)) == [names[i] for i in got.argmax(1)]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] == pytest.approx((rows["pred_label"] == rows["true_label"]).mean())
+
+
+def test_a_long_epoch_logged_a_line_at_a_time_says_where_it_is_every_minute():
+    from imgclf.training.callbacks import Heartbeat
+
+    now = [0.0]
+    lines = []
+    beat = Heartbeat(every=60, echo=lines.append, clock=lambda: now[0])
+    beat.set_params({"steps": 200})
+    beat.on_epoch_begin(2)
+    for step in range(200):
+        now[0] += 1.0  # a second a step: 200 s in all
+        beat.on_train_batch_end(step, {"loss": 1.5})
+    assert lines == ["epoch 3: step 60/200, loss 1.5000, 60s in, ~140s left",
+                     "epoch 3: step 120/200, loss 1.5000, 120s in, ~80s left",
+                     "epoch 3: step 180/200, loss 1.5000, 180s in, ~20s left"]
+    lines.clear()
+    beat.on_epoch_begin(3)
+    for step in range(30):
+        now[0] += 1.0
+        beat.on_train_batch_end(step, {"loss": 1.0})
+    assert lines == []  # a short epoch: only Keras' own line at its end

@@ -281,3 +281,31 @@ class RaisePendingInterrupt(keras.callbacks.Callback):
 
     def on_test_batch_end(self, batch, logs=None):
         interrupts.raise_if_pending()
+
+
+class Heartbeat(keras.callbacks.Callback):
+    """With a line per epoch (train.verbose 2, auto off a terminal), a line every ``every``
+    seconds within a long epoch too: the step, the loss so far and the time left, so a log of a
+    5-minute epoch does not stay silent."""
+
+    def __init__(self, every: float = 60.0, echo=print, clock=time.monotonic):
+        super().__init__()
+        self.every, self.echo, self.clock = every, echo, clock
+        self.epoch, self.start, self.last = 0, 0.0, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.start = epoch + 1, self.clock()
+        self.last = self.start
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        steps = self.params.get("steps") if self.params else None
+        done, spent = batch + 1, now - self.start
+        where = f"step {done}/{steps}" if steps else f"step {done}"
+        left = f", ~{spent * (steps - done) / done:.0f}s left" if steps else ""
+        loss = (logs or {}).get("loss")
+        said = f", loss {float(loss):.4f}" if loss is not None else ""
+        self.echo(f"epoch {self.epoch}: {where}{said}, {spent:.0f}s in{left}")

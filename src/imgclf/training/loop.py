@@ -26,6 +26,7 @@ from imgclf.training.callbacks import (
     BestModel,
     Checkpoint,
     EarlyStop,
+    Heartbeat,
     HistoryCSV,
     Plateau,
     RaisePendingInterrupt,
@@ -77,6 +78,8 @@ def make_callbacks(run_dir: Path, cfg: Config, history_rows: list[dict], extra_s
                      checkpoint_dir=run_dir / CHECKPOINT_DIR)
     stateful: dict = {"best": best}
     callbacks = [history, keras.callbacks.TerminateOnNaN(), best, RaisePendingInterrupt()]
+    if verbosity(t.verbose) == 2:  # a line per epoch: and one a minute within a long one
+        callbacks.append(Heartbeat())
     if es.enabled:
         stateful["early_stopping"] = EarlyStop(es.monitor, es.mode, es.patience, es.min_delta)
     if t.schedule.name == "plateau":
