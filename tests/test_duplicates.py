@@ -188,3 +188,16 @@ def test_train_starts_with_a_word_on_duplicates_and_says_nothing_without(tmp_pat
         assert bool(line) == expect, result.output
         if expect:
             assert "1 group(s)" in line[0] and "1 across classes" in line[0] and "imgclf inspect" in line[0]
+
+
+def test_train_says_how_many_files_the_scan_checked_and_how_long_it_took(tmp_path):
+    data = write_class_folder(tmp_path / "data", {"a": 5, "b": 5})
+    args = ["train", "--out", str(tmp_path / "runs"), "--set", "data.source=folder",
+            "--set", f"data.path={data}", "--set", "data.image_size=[16,16]", "--set", "train.epochs=1",
+            "--set", "model.filters=[4]",
+            "--set", "train.verbose=0", "--set", "output.gradcam=0", "--set", "data.val_split=0.4"]
+    first = runner.invoke(app, args)
+    second = runner.invoke(app, args)
+    lines = [[ln for ln in r.output.splitlines() if ln.startswith("scan:")] for r in (first, second)]
+    assert lines[0] and "10 files checked" in lines[0][0] and "(10 decoded, 0 from the cache" in lines[0][0]
+    assert lines[1] and "(0 decoded, 10 from the cache" in lines[1][0]

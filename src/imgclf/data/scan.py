@@ -15,6 +15,7 @@ import json
 import os
 import re
 import struct
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,9 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 # training uses, the report's thumbnails and `imgclf inspect` can read too
 MAX_PIXELS = 178_956_970
 CACHE_VERSION = 2
+# the last check of a folder's files (unreadable_images): how many, how many decoded (not
+# found in the cache), seconds; `imgclf train` prints it with its data line
+LAST_SCAN: dict = {}
 
 
 def is_hidden(name: str) -> bool:
@@ -132,6 +136,7 @@ def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
     ``stamp`` is unchanged; the rest are checked (in parallel) and cached."""
     if not paths:
         return []
+    started = time.perf_counter()
     where = cache_file(paths)
     cached = _read_cache(where)
     verdicts: dict[Path, str | None] = {}
@@ -150,6 +155,7 @@ def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
             if stamps[p] is not None:
                 cached[str(p.absolute())] = [*stamps[p], verdicts[p]]
         _write_cache(where, cached)
+    LAST_SCAN.update(files=len(paths), decoded=len(todo), seconds=time.perf_counter() - started)
     return [(p, verdicts[p]) for p in paths if verdicts[p] is not None]
 
 

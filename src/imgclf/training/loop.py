@@ -17,7 +17,7 @@ import numpy as np
 
 from imgclf.config import SCHEDULE_PARAMS, Config, TrainConfig
 from imgclf.data.duplicates import duplicates_line
-from imgclf.data.scan import skipped_summary
+from imgclf.data.scan import LAST_SCAN, skipped_summary
 from imgclf.errors import TrainingError
 from imgclf.runs import Manifest, write_bad_files, write_json
 from imgclf.training.callbacks import (
@@ -107,6 +107,11 @@ def announce(run: Run) -> None:
             echo(f"  {p}: {r}")
     echo(f"data: {prep.cfg.data.source} {bundle.summary()}; images {prep.image_size[0]}x"
          f"{prep.image_size[1]}x{prep.channels}")
+    if bundle.kind == "files" and LAST_SCAN:
+        s = LAST_SCAN
+        rate = s["files"] / max(s["seconds"], 1e-9)
+        echo(f"scan: {s['files']:,} files checked in {s['seconds']:.1f}s ({s['decoded']:,} decoded, "
+             f"{s['files'] - s['decoded']:,} from the cache: {rate:,.0f} files/s)")
     found = duplicates_line(bundle, prep.cfg.data.path)
     if found:
         echo(found)
