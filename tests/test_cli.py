@@ -143,6 +143,28 @@ def test_models_lists_the_registry():
                                      "`imgclf models` lists them all")
 
 
+def test_models_shows_whole_descriptions_without_building_or_importing_keras(monkeypatch):
+    import imgclf.models.registry as registry
+
+    def no_build(*_):
+        raise AssertionError("imgclf models built a model")
+
+    monkeypatch.setattr(registry, "create_model", no_build)
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())
+    for name in registry.list_models():
+        description = " ".join(registry.get_entry(name).description.split())
+        assert f"{name} " in shown and description in shown, name
+    # resnet9's description goes on past "for 28-64 px:", where the table used to cut it
+    assert "global max pooling" in registry.get_entry("resnet9").description
+    # the table comes from the catalog, no Keras (whose import is most of the wait) behind it
+    code = "import sys; from imgclf.cli import main; sys.argv = ['imgclf', 'models']\n" \
+           "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'keras' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "simple_cnn" in out.stdout, out.stderr
+
+
 def test_config_command_prints_the_resolved_config():
     result = runner.invoke(app, ["config", "--set", "train.epochs=7"])
     assert result.exit_code == 0

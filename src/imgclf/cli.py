@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -187,18 +188,13 @@ def lr_find(
 def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'efficientnet*'.")) -> None:
     """List the model registry: family, default input size, backbone parameters (the head
     depends on the class count and is not counted), and whether ImageNet weights exist."""
-    zoo = _load("models")
-    names = zoo.list_models(pattern)
-    if not names:
+    catalog = _load("catalog", tensorflow=False)  # the registry's table, kept without Keras
+    rows = catalog.rows(pattern)
+    if not rows:
         with _handled():
             raise ModelError(f"no model matches {pattern!r}; `imgclf models` lists them all")
-    width = max(len(n) for n in names + ["name"])
-    typer.echo(f"{'name':<{width}}  {'family':<12} {'input':<9} {'params':>11}  {'imagenet':<8}  description")
-    for e in (zoo.get_entry(n) for n in names):
-        size = f"{e.default_size[0]}x{e.default_size[1]}" if e.default_size else "any"
-        params = f"{e.params:,}" if e.params is not None else "by config"
-        net = "yes" if e.pretrained else "no"
-        typer.echo(f"{e.name:<{width}}  {e.family:<12} {size:<9} {params:>11}  {net:<8}  {e.description}")
+    for line in catalog.table(rows, width=shutil.get_terminal_size().columns):
+        typer.echo(line.rstrip())
 
 
 @app.command("config")
