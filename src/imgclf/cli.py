@@ -175,7 +175,8 @@ def lr_find(
     end_lr: float = typer.Option(10.0, "--end-lr", help="Last learning rate."),
     steps: int = typer.Option(200, "--steps", help="Training steps over the range."),
 ) -> None:
-    """Learning-rate range test: writes lr_find.csv/.png and prints a suggested rate."""
+    """Learning-rate range test: writes lr_find.csv/.png and prints a suggested rate; the last
+    line printed is the folder written."""
     _terminate_like_ctrl_c()
     with _handled():
         cfg = _load("config", tensorflow=False).load_config(config, set_)
