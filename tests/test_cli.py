@@ -240,3 +240,16 @@ def test_divergence_from_the_start_is_one_line(tmp_path):
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
 
 
+
+
+def test_help_shows_flags_without_a_value_and_whole_sentences():
+    result = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    flags = [ln for ln in result.output.splitlines() if "--unsafe" in ln or "--help" in ln]
+    assert len(flags) == 2 and not any("<bool>" in ln for ln in flags), flags
+    # wide enough, every command's help is one line: the docstrings' line breaks are not kept
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "250"})
+    lr_line = next(ln for ln in result.output.splitlines() if " lr-find " in ln)
+    assert "the last line printed is the folder written." in lr_line
+    explain_line = next(ln for ln in result.output.splitlines() if " explain " in ln)
+    assert explain_line.rstrip(" │").endswith("the last line printed is the folder.")

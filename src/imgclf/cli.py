@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import shutil
 import sys
@@ -10,12 +11,35 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from imgclf import interrupts
 from imgclf._tf import import_tensorflow
 from imgclf.errors import ConfigError, ImgclfError, ModelError
 
+
+class _FlagsTakeNoValue:
+    """Typer's rich help shows a boolean flag (--unsafe, --help) with a <bool> metavar, as if it
+    took a value: a flag gets an empty one."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsTakeNoValue, TyperCommand):
+    pass
+
+
+class _Group(_FlagsTakeNoValue, TyperGroup):
+    pass
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -365,6 +389,19 @@ def inspect_data(
     with _handled():
         _load("inspect").inspect(target, augment=augment, grid=grid, per_class=per_class,
                                  echo=typer.echo)
+
+
+def _one_line_paragraphs(doc: str | None) -> str | None:
+    """A docstring's paragraphs with their line breaks undone: Typer's rich help keeps a
+    docstring's breaks in the command list, cutting sentences mid-line; it wraps them itself."""
+    if not doc:
+        return doc
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
+for _info in app.registered_commands:
+    _info.cls = _Command
+    _info.help = _info.help or _one_line_paragraphs(_info.callback.__doc__)
 
 
 def main() -> None:
