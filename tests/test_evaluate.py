@@ -187,6 +187,30 @@ def test_evaluate_on_another_folder_skips_unreadable_files(folder_run, tmp_path)
     assert metrics["roc_auc_ovr"] == pytest.approx(np.mean(present), abs=1e-6)
 
 
+def test_a_class_missing_from_the_data_is_named_and_left_out_of_macro_averages(folder_run, tmp_path):
+    rng = np.random.default_rng(7)
+    data = tmp_path / "two"
+    for label, name in enumerate(["ants", "wasps"]):  # no bees
+        (data / name).mkdir(parents=True)
+        for i in range(5):
+            pattern_image(2 * label, rng).save(data / name / f"x{i}.png")
+    result, out = evaluate(folder_run, "--data", data)
+    warnings = [ln for ln in result.output.splitlines() if "bees" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: "), result.output
+    assert "ants" not in warnings[0] and "wasps" not in warnings[0]
+    names = classes(folder_run)
+    preds = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    y = preds["true_label"].map(names.index).to_numpy()
+    pred = preds[prob_columns(names)].to_numpy().argmax(1)
+    metrics = json.loads((out / "metrics.json").read_text())
+    scores = {"f1": skm.f1_score, "precision": skm.precision_score, "recall": skm.recall_score}
+    for key, score in scores.items():
+        expected = score(y, pred, average="macro", labels=[0, 2], zero_division=0)
+        assert metrics[f"{key}_macro"] == pytest.approx(expected, abs=1e-6), key
+    page = " ".join((out / "report.html").read_text(encoding="utf-8").split())
+    assert "no images of bees" in page and "the 2 classes present" in page
+
+
 def test_unfinished_runs_are_flagged(digits_runs, tmp_path):
     run = tmp_path / "halfway"
     shutil.copytree(digits_runs[0], run, ignore=shutil.ignore_patterns("eval"))

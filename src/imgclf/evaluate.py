@@ -21,6 +21,7 @@ from imgclf.errors import ConfigError, DataError
 from imgclf.gradcam import case_maps
 from imgclf.inference import check_tta, load_model, predict_probs, write_prediction_rows
 from imgclf.reports.build import Context, build_reports, write_reports
+from imgclf.reports.metrics import absent_note
 from imgclf.runs import Manifest, ensure_writable, new_run_dir, write_bad_files, write_json
 from imgclf.saved import SavedRun, open_run
 
@@ -140,6 +141,13 @@ class EvalData:
         return predict_probs(model, ds, tta)
 
 
+def _warn_absent(items: EvalData, data: str | None, class_names: list[str], echo) -> None:
+    """One warning naming the model's classes the items hold none of (macro averages skip them)."""
+    note = absent_note(items.split.y, class_names)
+    if note:
+        echo(f"warning: {f'--data {data}' if data else f'the {items.split_name} split'} holds {note}")
+
+
 def check_split(split: str | None) -> None:
     if split is not None and split not in ("val", "test"):
         raise ConfigError(f"Unknown `--split`. Received: split={split} (known: val, test)")
@@ -167,6 +175,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     items = EvalData(run, data, split)
     for p, why in items.bad_files[:5]:
         echo(f"warning: skipped unreadable {p}: {why}")
+    _warn_absent(items, data, run.class_names, echo)
     if not name:
         name = items.split_name + (f"-{Path(data).name}" if data else "") + (f"-tta-{tta}" if tta else "")
     out = run.path / "eval" / name
@@ -227,6 +236,7 @@ def evaluate_ensemble(run_dirs: list, *, data: str | None = None, split: str | N
         if note:
             echo(f"warning: {note}")
     items = EvalData(first, data, split)
+    _warn_absent(items, data, first.class_names, echo)
     probs = np.mean([items.probs(run, model, tta) for run, model in zip(runs, models)], axis=0)
 
     run_dir = new_run_dir(out or first.cfg.output.dir, "ensemble")
