@@ -91,6 +91,32 @@ def test_ensemble_is_the_mean_of_member_probabilities(digits_runs, tmp_path):
     assert REPORT_FILES <= {p.name for p in ens.iterdir()}
 
 
+def test_ensemble_lands_beside_its_members_and_each_member_keeps_its_tta(digits_runs, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    a, b = (shutil.copytree(run, runs / run.name) for run in digits_runs)
+    cfg = yaml.safe_load((b / "config.yaml").read_text())
+    cfg["train"]["tta"] = "flip"
+    (b / "config.yaml").write_text(yaml.safe_dump(cfg))
+    names = classes(a)
+    plain = probs_of(evaluate(a, "--split", "val")[1], names)[1]
+    flipped = probs_of(evaluate(b, "--split", "val", "--tta", "flip")[1], names)[1]
+    unflipped = probs_of(evaluate(b, "--split", "val", "--name", "plain")[1], names)[1]
+    assert not np.allclose(flipped, unflipped, atol=1e-4)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the config's relative output.dir is not where it goes
+    _, ens = evaluate("--ensemble", a, b, "--split", "val")
+    assert ens.parent == runs and list(elsewhere.iterdir()) == []
+    np.testing.assert_allclose(probs_of(ens, names)[1], (plain + flipped) / 2, atol=1e-6)
+    result = runner.invoke(app, ["compare", str(runs)])
+    assert result.exit_code == 0 and ens.name in result.output, result.output
+    # --tta given: every member flips, whatever its config says
+    _, ens = evaluate("--ensemble", a, b, "--split", "val", "--tta", "flip")
+    flipped_a = probs_of(evaluate(a, "--split", "val", "--tta", "flip")[1], names)[1]
+    np.testing.assert_allclose(probs_of(ens, names)[1], (flipped_a + flipped) / 2, atol=1e-6)
+
+
 def test_ensemble_refuses_members_split_differently(digits_runs, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(digits_runs[1], other)

@@ -245,12 +245,13 @@ def evaluate(
         "train/ val/ test/), or the run's array source read from this path."),
     split: str | None = typer.Option(None, "--split", help="val or test (default: test if there is one)."),
     tta: str | None = typer.Option(None, "--tta", help="Test-time augmentation: flip (average with "
-                                   "the mirrored image)."),
+                                   "the mirrored image); an ensemble's members otherwise use their "
+                                   "own train.tta."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average the probabilities of all the "
                                   "runs given; writes a run directory of its own."),
     name: str | None = typer.Option(None, "--name", help="Folder under RUN_DIR/eval/ (default: the split)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="With --ensemble: parent folder for "
-                                    "its run directory (default: the first run's output.dir)."),
+                                    "its run directory (default: the folder holding the first run)."),
     unsafe: bool = typer.Option(False, "--unsafe", help=UNSAFE_HELP),
 ) -> None:
     """Recompute metrics, plots and report.html from a saved model; the last line printed is
