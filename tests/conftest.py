@@ -87,8 +87,9 @@ def sklearn_metrics(rows, class_names):
     pred = probs.argmax(1)
     labels = list(range(len(class_names)))
     out = {"accuracy": skm.accuracy_score(y, pred), "loss": skm.log_loss(y, probs, labels=labels)}
+    present = sorted(np.unique(y).tolist())  # imgclf averages over the classes present as true labels
     for avg in ("macro", "weighted"):
-        kw = dict(average=avg, zero_division=0)  # over the labels that occur, scikit-learn's default
+        kw = dict(average=avg, labels=present, zero_division=0)
         out[f"precision_{avg}"] = skm.precision_score(y, pred, **kw)
         out[f"recall_{avg}"] = skm.recall_score(y, pred, **kw)
         out[f"f1_{avg}"] = skm.f1_score(y, pred, **kw)

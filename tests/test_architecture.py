@@ -16,7 +16,7 @@ FLOORS = [
                 "imgclf.runs", "imgclf.config", "imgclf.layers"]),
     ("data", ["imgclf.data"]),
     ("reports", ["imgclf.reports"]),
-    ("models", ["imgclf.models", "imgclf.saved", "imgclf.inference", "imgclf.exported",
+    ("models", ["imgclf.catalog", "imgclf.models", "imgclf.saved", "imgclf.inference", "imgclf.exported",
                 "imgclf.gradcam"]),
     ("training", ["imgclf.training"]),
     ("jobs", ["imgclf.tuning", "imgclf.evaluate", "imgclf.predict", "imgclf.comparison", "imgclf.inspect",

@@ -734,3 +734,21 @@ def test_a_signal_that_lands_in_a_finalizer_still_stops_the_run(tmp_path, monkey
 def test_the_reports_say_what_was_skipped(hostile):
     for report in (hostile["run"] / "report.html", hostile["run"] / "eval" / "again" / "report.html"):
         assert "Skipped 8 unreadable file(s) and 1 folder(s), e.g. " in report.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- data.path, wrongly aimed
+def test_data_path_at_a_file_or_at_loose_images_says_what_is_expected(tmp_path):
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for i in range(3):
+        pattern_image(i % 2, np.random.default_rng(i)).save(loose / f"{i}.png")
+
+    def train_on(path):
+        return runner.invoke(app, ["train", *sets(["data.source=folder", f"data.path={path}"]),
+                                   "--out", str(tmp_path)])
+
+    line = one_line_error(train_on(loose / "0.png"))
+    assert "is a file" in line and "not found" not in line and "folder of class folders" in line
+    line = one_line_error(train_on(loose))
+    assert "this folder holds 3 images directly: point data.path at the folder of class folders" in line
+    assert "0 classes" not in line

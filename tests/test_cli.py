@@ -143,6 +143,28 @@ def test_models_lists_the_registry():
                                      "`imgclf models` lists them all")
 
 
+def test_models_shows_whole_descriptions_without_building_or_importing_keras(monkeypatch):
+    import imgclf.models.registry as registry
+
+    def no_build(*_):
+        raise AssertionError("imgclf models built a model")
+
+    monkeypatch.setattr(registry, "create_model", no_build)
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())
+    for name in registry.list_models():
+        description = " ".join(registry.get_entry(name).description.split())
+        assert f"{name} " in shown and description in shown, name
+    # resnet9's description goes on past "for 28-64 px:", where the table used to cut it
+    assert "global max pooling" in registry.get_entry("resnet9").description
+    # the table comes from the catalog, no Keras (whose import is most of the wait) behind it
+    code = "import sys; from imgclf.cli import main; sys.argv = ['imgclf', 'models']\n" \
+           "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'keras' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "simple_cnn" in out.stdout, out.stderr
+
+
 def test_config_command_prints_the_resolved_config():
     result = runner.invoke(app, ["config", "--set", "train.epochs=7"])
     assert result.exit_code == 0
@@ -218,3 +240,16 @@ def test_divergence_from_the_start_is_one_line(tmp_path):
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
 
 
+
+
+def test_help_shows_flags_without_a_value_and_whole_sentences():
+    result = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    flags = [ln for ln in result.output.splitlines() if "--unsafe" in ln or "--help" in ln]
+    assert len(flags) == 2 and not any("<bool>" in ln for ln in flags), flags
+    # wide enough, every command's help is one line: the docstrings' line breaks are not kept
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "250"})
+    lr_line = next(ln for ln in result.output.splitlines() if " lr-find " in ln)
+    assert "the last line printed is the folder written." in lr_line
+    explain_line = next(ln for ln in result.output.splitlines() if " explain " in ln)
+    assert explain_line.rstrip(" │").endswith("the last line printed is the folder.")

@@ -147,3 +147,19 @@ def test_inspect_augment_with_only_mixing_steps(tmp_path):
     result = invoke("inspect", config, "--augment", "--grid", tmp_path / "s.png", "--out", tmp_path / "o")
     assert result.exit_code == 2 and "mix pairs of images" in result.output
     assert not (tmp_path / "s_augmented.png").exists()
+
+
+def test_inspect_warns_when_its_classes_look_like_data_sets(tmp_path):
+    parent = tmp_path / "datasets"
+    for name in ("hymenoptera", "flowers"):
+        write_class_folder(parent / name / "train", {"a": 2, "b": 2})
+        write_class_folder(parent / name / "val", {"a": 1, "b": 1})
+    result = invoke("inspect", parent, "--grid", tmp_path / "grid.png")
+    assert result.exit_code == 0, result.output
+    warnings = [ln for ln in result.output.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1, result.output
+    assert "flowers, hymenoptera" in warnings[0] and "train/" in warnings[0]
+    assert "data sets" in warnings[0]
+    # a plain folder of class folders gets no such warning
+    plain = write_class_folder(tmp_path / "plain", {"a": 2, "b": 2})
+    assert "warning:" not in invoke("inspect", plain, "--grid", tmp_path / "g2.png").output

@@ -154,6 +154,20 @@ def test_val_split_is_stratified():
     assert np.bincount(y[idx["val"]]).tolist() == [10, 6, 4]
 
 
+def test_val_and_test_split_are_both_fractions_of_the_whole():
+    """val_split 0.15 with test_split 0.15 is 70/15/15, not 72/13/15 (val taken from the rest)."""
+    y = np.array([0] * 100 + [1] * 60 + [2] * 40)
+    idx = split_indices(y, val_split=0.15, test_split=0.15, holdout_last_n=0, seed=1,
+                        has_val=False, has_test=False)
+    assert {k: len(v) for k, v in idx.items()} == {"test": 30, "val": 30, "train": 140}
+    assert np.bincount(y[idx["val"]]).tolist() == [15, 9, 6]
+    b = load_data(DataConfig(source="digits", val_split=0.15, test_split=0.15), seed=0)
+    assert len(b.splits["val"]) == len(b.splits["test"]) == 270  # 15% of 1797, rounded up
+    with pytest.raises(ConfigError, match="val_split.*test_split"):
+        split_indices(y, val_split=0.5, test_split=0.5, holdout_last_n=0, seed=1, has_val=False,
+                      has_test=False)
+
+
 def test_holdout_last_n_takes_the_last_sorted_files(tmp_path):
     root = write_class_folder(tmp_path / "d", {"a": 6, "b": 5})
     b = load_data(folder_cfg(root, holdout_last_n=2, val_split=0.25), seed=0)

@@ -91,6 +91,32 @@ def test_ensemble_is_the_mean_of_member_probabilities(digits_runs, tmp_path):
     assert REPORT_FILES <= {p.name for p in ens.iterdir()}
 
 
+def test_ensemble_lands_beside_its_members_and_each_member_keeps_its_tta(digits_runs, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    a, b = (shutil.copytree(run, runs / run.name) for run in digits_runs)
+    cfg = yaml.safe_load((b / "config.yaml").read_text())
+    cfg["train"]["tta"] = "flip"
+    (b / "config.yaml").write_text(yaml.safe_dump(cfg))
+    names = classes(a)
+    plain = probs_of(evaluate(a, "--split", "val")[1], names)[1]
+    flipped = probs_of(evaluate(b, "--split", "val", "--tta", "flip")[1], names)[1]
+    unflipped = probs_of(evaluate(b, "--split", "val", "--name", "plain")[1], names)[1]
+    assert not np.allclose(flipped, unflipped, atol=1e-4)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the config's relative output.dir is not where it goes
+    _, ens = evaluate("--ensemble", a, b, "--split", "val")
+    assert ens.parent == runs and list(elsewhere.iterdir()) == []
+    np.testing.assert_allclose(probs_of(ens, names)[1], (plain + flipped) / 2, atol=1e-6)
+    result = runner.invoke(app, ["compare", str(runs)])
+    assert result.exit_code == 0 and ens.name in result.output, result.output
+    # --tta given: every member flips, whatever its config says
+    _, ens = evaluate("--ensemble", a, b, "--split", "val", "--tta", "flip")
+    flipped_a = probs_of(evaluate(a, "--split", "val", "--tta", "flip")[1], names)[1]
+    np.testing.assert_allclose(probs_of(ens, names)[1], (flipped_a + flipped) / 2, atol=1e-6)
+
+
 def test_ensemble_refuses_members_split_differently(digits_runs, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(digits_runs[1], other)
@@ -185,6 +211,30 @@ def test_evaluate_on_another_folder_skips_unreadable_files(folder_run, tmp_path)
     probs = preds[prob_columns(names)].to_numpy()
     present = [skm.roc_auc_score(y == c, probs[:, c]) for c in (0, 2)]
     assert metrics["roc_auc_ovr"] == pytest.approx(np.mean(present), abs=1e-6)
+
+
+def test_a_class_missing_from_the_data_is_named_and_left_out_of_macro_averages(folder_run, tmp_path):
+    rng = np.random.default_rng(7)
+    data = tmp_path / "two"
+    for label, name in enumerate(["ants", "wasps"]):  # no bees
+        (data / name).mkdir(parents=True)
+        for i in range(5):
+            pattern_image(2 * label, rng).save(data / name / f"x{i}.png")
+    result, out = evaluate(folder_run, "--data", data)
+    warnings = [ln for ln in result.output.splitlines() if "bees" in ln]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: "), result.output
+    assert "ants" not in warnings[0] and "wasps" not in warnings[0]
+    names = classes(folder_run)
+    preds = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    y = preds["true_label"].map(names.index).to_numpy()
+    pred = preds[prob_columns(names)].to_numpy().argmax(1)
+    metrics = json.loads((out / "metrics.json").read_text())
+    scores = {"f1": skm.f1_score, "precision": skm.precision_score, "recall": skm.recall_score}
+    for key, score in scores.items():
+        expected = score(y, pred, average="macro", labels=[0, 2], zero_division=0)
+        assert metrics[f"{key}_macro"] == pytest.approx(expected, abs=1e-6), key
+    page = " ".join((out / "report.html").read_text(encoding="utf-8").split())
+    assert "no images of bees" in page and "the 2 classes present" in page
 
 
 def test_unfinished_runs_are_flagged(digits_runs, tmp_path):

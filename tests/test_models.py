@@ -110,3 +110,11 @@ def test_resnet9_takes_its_widths_from_filters():
     assert model.get_layer("stage3_add").output.shape[1:3] == (3, 3)  # 28 -> 14 -> 7 -> 3
     with pytest.raises(ModelError, match="at most 4 widths"):
         create_model("resnet9", spec(28, filters=[8, 8, 8, 8, 8]))
+
+
+def test_the_catalog_imgclf_models_reads_matches_the_registry():
+    from imgclf import catalog
+    from imgclf.models.registry import catalog_rows
+
+    assert catalog.rows() == catalog_rows(), (
+        "src/imgclf/catalog.json is stale: python -c 'import imgclf.models as m; m.registry.write_catalog()'")

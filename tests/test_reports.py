@@ -90,8 +90,8 @@ def test_val_only_runs_report_on_val(tmp_path):
 
 
 def test_macro_averages_skip_classes_absent_from_the_split():
-    """Evaluating on a folder without one of the model's classes: that class has no items
-    and no predictions, so it must not pull the macro averages down (a perfect model scores 1)."""
+    """Evaluating on a folder without one of the model's classes: that class has no items, so
+    it must not pull the macro averages down (a perfect model scores 1)."""
     from imgclf.reports.metrics import split_metrics
 
     y = np.array([0, 0, 1, 1])
@@ -100,13 +100,14 @@ def test_macro_averages_skip_classes_absent_from_the_split():
     m = split_metrics(y, probs)
     for key in ("precision_macro", "recall_macro", "f1_macro"):
         assert m[key] == pytest.approx(1.0), key
-    # a class predicted but absent still counts: its precision is 0
+    # a class predicted but absent as a true label is not averaged in either (issue 19): the
+    # wrong prediction costs class 1 its recall, not a third class a zero precision
     probs[3] = [0.1, 0.1, 0.8]
     m = split_metrics(y, probs)
     pred = probs.argmax(1)
-    expected = skm.precision_score(y, pred, average="macro", zero_division=0)
-    assert m["precision_macro"] == pytest.approx(expected)
-    assert m["precision_macro"] == pytest.approx(2 / 3)
+    expected = skm.precision_score(y, pred, average="macro", labels=[0, 1], zero_division=0)
+    assert m["precision_macro"] == pytest.approx(expected) == pytest.approx(1.0)
+    assert m["recall_macro"] == pytest.approx(0.75)
 
 
 def test_expected_calibration_error_is_the_weighted_gap_per_confidence_bin():

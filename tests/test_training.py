@@ -143,6 +143,18 @@ def test_lr_find_writes_the_curve_and_a_usable_suggestion(tmp_path):
     assert cfg.train.optimizer.lr == pytest.approx(suggested, rel=1e-2)
 
 
+def test_lr_find_prints_its_folder_last_even_when_the_loss_diverges(tmp_path):
+    shown = " ".join(runner.invoke(app, ["lr-find", "--help"]).output.split())
+    assert "the last line printed is the folder" in shown
+    result = runner.invoke(app, ["lr-find", *sets(["model.filters=[8]", "model.dense_units=8"]),
+                                 "--steps", "12", "--start-lr", "1e3", "--end-lr", "1e9",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert "diverged" in lines[-2] or "never fell" in lines[-2]
+    assert Path(lines[-1]).parent == tmp_path and (Path(lines[-1]) / "lr_find.csv").is_file()
+
+
 def test_lr_find_suggests_where_the_loss_falls_fastest():
     from imgclf.training.lr_find import suggest
 

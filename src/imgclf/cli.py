@@ -3,18 +3,43 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from imgclf import interrupts
 from imgclf._tf import import_tensorflow
 from imgclf.errors import ConfigError, ImgclfError, ModelError
 
+
+class _FlagsTakeNoValue:
+    """Typer's rich help shows a boolean flag (--unsafe, --help) with a <bool> metavar, as if it
+    took a value: a flag gets an empty one."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class _Command(_FlagsTakeNoValue, TyperCommand):
+    pass
+
+
+class _Group(_FlagsTakeNoValue, TyperGroup):
+    pass
+
+
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -174,7 +199,8 @@ def lr_find(
     end_lr: float = typer.Option(10.0, "--end-lr", help="Last learning rate."),
     steps: int = typer.Option(200, "--steps", help="Training steps over the range."),
 ) -> None:
-    """Learning-rate range test: writes lr_find.csv/.png and prints a suggested rate."""
+    """Learning-rate range test: writes lr_find.csv/.png and prints a suggested rate; the last
+    line printed is the folder written."""
     _terminate_like_ctrl_c()
     with _handled():
         cfg = _load("config", tensorflow=False).load_config(config, set_)
@@ -187,18 +213,13 @@ def lr_find(
 def models(pattern: str = typer.Argument("*", help="Shell-style filter, e.g. 'efficientnet*'.")) -> None:
     """List the model registry: family, default input size, backbone parameters (the head
     depends on the class count and is not counted), and whether ImageNet weights exist."""
-    zoo = _load("models")
-    names = zoo.list_models(pattern)
-    if not names:
+    catalog = _load("catalog", tensorflow=False)  # the registry's table, kept without Keras
+    rows = catalog.rows(pattern)
+    if not rows:
         with _handled():
             raise ModelError(f"no model matches {pattern!r}; `imgclf models` lists them all")
-    width = max(len(n) for n in names + ["name"])
-    typer.echo(f"{'name':<{width}}  {'family':<12} {'input':<9} {'params':>11}  {'imagenet':<8}  description")
-    for e in (zoo.get_entry(n) for n in names):
-        size = f"{e.default_size[0]}x{e.default_size[1]}" if e.default_size else "any"
-        params = f"{e.params:,}" if e.params is not None else "by config"
-        net = "yes" if e.pretrained else "no"
-        typer.echo(f"{e.name:<{width}}  {e.family:<12} {size:<9} {params:>11}  {net:<8}  {e.description}")
+    for line in catalog.table(rows, width=shutil.get_terminal_size().columns):
+        typer.echo(line.rstrip())
 
 
 @app.command("config")
@@ -224,12 +245,13 @@ def evaluate(
         "train/ val/ test/), or the run's array source read from this path."),
     split: str | None = typer.Option(None, "--split", help="val or test (default: test if there is one)."),
     tta: str | None = typer.Option(None, "--tta", help="Test-time augmentation: flip (average with "
-                                   "the mirrored image)."),
+                                   "the mirrored image); an ensemble's members otherwise use their "
+                                   "own train.tta."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average the probabilities of all the "
                                   "runs given; writes a run directory of its own."),
     name: str | None = typer.Option(None, "--name", help="Folder under RUN_DIR/eval/ (default: the split)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="With --ensemble: parent folder for "
-                                    "its run directory (default: the first run's output.dir)."),
+                                    "its run directory (default: the folder holding the first run)."),
     unsafe: bool = typer.Option(False, "--unsafe", help=UNSAFE_HELP),
 ) -> None:
     """Recompute metrics, plots and report.html from a saved model; the last line printed is
@@ -374,6 +396,19 @@ def inspect_data(
         folder = _load("inspect").inspect(target, augment=augment, grid=grid, out=out, per_class=per_class,
                                           fix_split=fix_split, echo=typer.echo)
     typer.echo(str(folder))
+
+
+def _one_line_paragraphs(doc: str | None) -> str | None:
+    """A docstring's paragraphs with their line breaks undone: Typer's rich help keeps a
+    docstring's breaks in the command list, cutting sentences mid-line; it wraps them itself."""
+    if not doc:
+        return doc
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n"))
+
+
+for _info in app.registered_commands:
+    _info.cls = _Command
+    _info.help = _info.help or _one_line_paragraphs(_info.callback.__doc__)
 
 
 def main() -> None:

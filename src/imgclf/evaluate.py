@@ -21,6 +21,7 @@ from imgclf.errors import ConfigError, DataError
 from imgclf.gradcam import case_maps
 from imgclf.inference import check_tta, load_model, predict_probs, write_prediction_rows
 from imgclf.reports.build import Context, build_reports, write_reports
+from imgclf.reports.metrics import absent_note
 from imgclf.runs import Manifest, ensure_writable, new_run_dir, write_bad_files, write_json
 from imgclf.saved import SavedRun, open_run
 
@@ -140,6 +141,13 @@ class EvalData:
         return predict_probs(model, ds, tta)
 
 
+def _warn_absent(items: EvalData, data: str | None, class_names: list[str], echo) -> None:
+    """One warning naming the model's classes the items hold none of (macro averages skip them)."""
+    note = absent_note(items.split.y, class_names)
+    if note:
+        echo(f"warning: {f'--data {data}' if data else f'the {items.split_name} split'} holds {note}")
+
+
 def check_split(split: str | None) -> None:
     if split is not None and split not in ("val", "test"):
         raise ConfigError(f"Unknown `--split`. Received: split={split} (known: val, test)")
@@ -167,6 +175,7 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     items = EvalData(run, data, split)
     for p, why in items.bad_files[:5]:
         echo(f"warning: skipped unreadable {p}: {why}")
+    _warn_absent(items, data, run.class_names, echo)
     if not name:
         name = items.split_name + (f"-{Path(data).name}" if data else "") + (f"-tta-{tta}" if tta else "")
     out = run.path / "eval" / name
@@ -200,7 +209,8 @@ def evaluate_ensemble(run_dirs: list, *, data: str | None = None, split: str | N
                       tta: str | None = None, out: str | None = None, unsafe: bool = False,
                       echo=print) -> Path:
     """Average the members' probabilities on the first member's data (or --data); each member
-    sees the items at its own input size and channels."""
+    sees the items at its own input size and channels, with its own train.tta (or --tta). The
+    ensemble's directory goes beside the first member (or under ``out``)."""
     check_split(split)
     check_tta(tta)
     if len(run_dirs) < 2:
@@ -220,23 +230,29 @@ def evaluate_ensemble(run_dirs: list, *, data: str | None = None, split: str | N
                         f"ensemble members split their data differently: {key} is {a!r} in "
                         f"{first.name} but {b!r} in {run.name}; pass --data to evaluate on one folder"
                     )
-    ensure_writable(out or first.cfg.output.dir)  # before the work, not after it
+    # beside its members (the folder holding the first), where `imgclf compare` finds them all
+    parent = out or first.path.resolve().parent
+    ensure_writable(parent)  # before the work, not after it
     models = [load_model(run.path / "model.keras", unsafe=unsafe) for run in runs]
     for run in runs:
         note = run.unfinished_note()
         if note:
             echo(f"warning: {note}")
     items = EvalData(first, data, split)
-    probs = np.mean([items.probs(run, model, tta) for run, model in zip(runs, models)], axis=0)
+    _warn_absent(items, data, first.class_names, echo)
+    # each member as it predicts on its own (its config's train.tta) unless --tta says otherwise
+    member_tta = [tta or run.cfg.train.tta for run in runs]
+    probs = np.mean([items.probs(run, model, t) for run, model, t in zip(runs, models, member_tta)], axis=0)
 
-    run_dir = new_run_dir(out or first.cfg.output.dir, "ensemble")
+    run_dir = new_run_dir(parent, "ensemble")
     with Manifest(run_dir, "evaluate --ensemble").closing() as manifest:
         manifest.update(
             model="ensemble(" + " + ".join(r.manifest.get("model") or r.cfg.model.name for r in runs) + ")",
             params=sum(int(r.manifest.get("params") or 0) for r in runs),
             members=[str(r.path.resolve()) for r in runs],
             member_status={r.name: r.status for r in runs},
-            split=items.split_name, tta=tta, sizes={items.split_name: len(items.split)},
+            split=items.split_name, tta=tta, member_tta=member_tta,
+            sizes={items.split_name: len(items.split)},
             data=items.image_root,
             data_path=str(Path(data).expanduser().resolve()) if data else None,
         )

@@ -21,7 +21,7 @@ from imgclf.config import Config, load_config
 from imgclf.data import load_data
 from imgclf.data.augment import MIXERS, augmentation_layers, split_steps
 from imgclf.data.duplicates import NEAR_DISTANCE, bundle_hashes, duplicate_rows
-from imgclf.data.scan import open_quietly, skipped_summary
+from imgclf.data.scan import open_quietly, skipped_summary, visible_subdirs
 from imgclf.data.tables import TABLES
 from imgclf.errors import ConfigError, DataError
 from imgclf.reports.images import _thumb
@@ -109,6 +109,17 @@ def _check_args(cfg: Config, augment: bool, grid: Path | None, per_class: int) -
         ensure_writable(grid.parent)
     if per_class < 1:
         raise ConfigError(f"--per-class must be at least 1. Received: per_class={per_class}")
+
+
+def _classes_like_data_sets(cfg: Config, classes: list[str]) -> list[str]:
+    """The class folders that hold train/, val/ or test/ folders of their own: most likely a
+    parent of several data sets was given, each of them taken for a class."""
+    if cfg.data.source != "folder" or not cfg.data.path:
+        return []
+    root = Path(cfg.data.path).expanduser()
+    top = next((d for d in visible_subdirs(root) if d.name.lower() == "train"), root)
+    return [c for c in classes if (top / c).is_dir()
+            and any(d.name.lower() in ("train", "val", "test") for d in visible_subdirs(top / c))]
 
 
 def _say_counts(bundle, echo) -> None:
@@ -216,6 +227,10 @@ def inspect(target: str | Path, *, augment: bool = False, grid: str | Path | Non
     bundle = load_data(cfg.data, cfg.seed)
     d = cfg.data
     echo(f"data: {d.source}" + (f" {d.path}" if d.path else "") + f"; {bundle.summary()}")
+    nested = _classes_like_data_sets(cfg, bundle.class_names)
+    if nested:
+        echo(f"warning: {len(nested)} class folder(s) hold train/, val/ or test/ folders of their own "
+             f"({', '.join(nested)}): these look like data sets, not classes; point inspect at one of them")
     _say_counts(bundle, echo)
     _say_images(bundle, echo)
     out = _out_folder(target, out)

@@ -59,6 +59,12 @@ def find_images(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+def loose_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (not in its sub-folders), sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not is_hidden(p.name)
+                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def skipped_summary(bad: list[tuple[str, str]]) -> str:
     """``7 unreadable file(s) and 1 folder(s)`` for a bad_files list (folders end in /)."""
     folders = sum(p.endswith("/") for p, _ in bad)

@@ -18,7 +18,7 @@ from imgclf.config import DataConfig
 from imgclf.data.bundle import DataBundle, Split
 from imgclf.data.duplicates import groups_for
 from imgclf.data.known import FASHION, cached, locate, read_arrays
-from imgclf.data.scan import find_images, printable, unreadable_images, visible_subdirs
+from imgclf.data.scan import find_images, loose_images, printable, unreadable_images, visible_subdirs
 from imgclf.data.splits import fold_of, split_indices
 from imgclf.data.tables import load_csv_source
 from imgclf.errors import ConfigError, DataError
@@ -227,6 +227,9 @@ def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
     if cfg.class_names:
         raise ConfigError("data.class_names is for array sources; folders are named by their sub-folders")
     root = Path(cfg.path).expanduser()
+    if root.is_file():
+        raise DataError(f"data.path {root} is a file; data.source=folder expects a folder of class "
+                        f"folders (one per class, its images inside), or one with train/ val/ test/")
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     subdirs = {d.name.lower(): d for d in visible_subdirs(root)}
@@ -235,6 +238,11 @@ def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
 
     per_split = {"train": _class_files(tops["train"])}
     classes = sorted(per_split["train"])
+    loose = len(loose_images(tops["train"]))
+    if not classes and loose:
+        raise DataError(f"{tops['train']}: this folder holds {loose} image{'s' if loose != 1 else ''} "
+                        f"directly: point data.path at the folder of class folders (one folder per "
+                        f"class, its images inside)")
     _need_two_classes(len(classes), str(tops["train"]))
     for name in ("val", "test"):
         if name in tops:

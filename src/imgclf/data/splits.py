@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -11,15 +12,18 @@ from imgclf.data.bundle import DataBundle, Split
 from imgclf.errors import ConfigError, DataError
 
 
-def _stratified(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str):
+def _stratified(idx: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str,
+                of: int | None = None):
+    """Hold out ``fraction`` of ``of`` items (default: of ``idx``), stratified, from ``idx``."""
+    size = fraction if of is None else math.ceil(fraction * of)  # rounded up, as scikit-learn does
     try:
         keep, held = train_test_split(
-            idx, test_size=fraction, random_state=seed, stratify=y[idx], shuffle=True
+            idx, test_size=size, random_state=seed, stratify=y[idx], shuffle=True
         )
     except ValueError as exc:
         counts = np.bincount(y[idx])
         raise DataError(
-            f"cannot hold out {fraction:g} of {len(idx)} items per class as {what} "
+            f"cannot hold out {fraction:g} of {of or len(idx)} items ({len(idx)} left) per class as {what} "
             f"(smallest class has {counts[counts > 0].min()}): {exc}"
         ) from None
     return np.sort(keep), np.sort(held)
@@ -38,9 +42,11 @@ def split_indices(
 ) -> dict[str, np.ndarray]:
     """Indices into ``y`` for train and, where asked, val and test.
 
-    ``y`` must be in the source's sorted order (sorted file paths, array order): the
-    holdout takes the last ``holdout_last_n`` items of each class in that order. ``groups``
-    (a label per item, data.dedupe_split) keeps the items sharing a label in one split.
+    ``val_split`` and ``test_split`` are both fractions of the whole ``y`` (0.15 and 0.15 give
+    70/15/15), and so is ``val_split`` after a ``holdout_last_n`` test set. ``y`` must be in the
+    source's sorted order (sorted file paths, array order): the holdout takes the last
+    ``holdout_last_n`` items of each class in that order. ``groups`` (a label per item,
+    data.dedupe_split) keeps the items sharing a label in one split.
     """
     y = np.asarray(y)
     if holdout_last_n and test_split:
@@ -49,6 +55,9 @@ def split_indices(
         raise ConfigError(
             "the data has its own test set: data.holdout_last_n and data.test_split must be 0"
         )
+    if not has_val and not has_test and val_split + test_split >= 1:
+        raise ConfigError(f"data.val_split + data.test_split must be below 1 (both are fractions of the "
+                          f"whole data set), got {val_split:g} + {test_split:g}")
     idx = np.arange(len(y))
     out: dict[str, np.ndarray] = {}
     if holdout_last_n:
@@ -67,7 +76,7 @@ def split_indices(
     elif test_split:
         idx, out["test"] = _stratified(idx, y, test_split, seed, "test")
     if not has_val and val_split:
-        idx, out["val"] = _stratified(idx, y, val_split, seed, "validation")
+        idx, out["val"] = _stratified(idx, y, val_split, seed, "validation", of=len(y))
     out["train"] = idx
     return out if groups is None else keep_together(out, np.asarray(groups))
 

@@ -5,6 +5,8 @@
 
 `create_model` raises ModelError("Unknown model ...") with the nearest names, and
 `list_models("res*")` filters with shell-style wildcards; tests parametrize over it.
+`catalog_rows()` is what `imgclf models` shows of it, kept in imgclf/catalog.json (read without
+Keras); `write_catalog()` rewrites that file, and tests/test_models.py checks it is current.
 This module holds the registry alone; models/__init__.py imports the family modules, whose
 decorators fill it, so every import of imgclf.models (or of a module in it) sees them all.
 """
@@ -15,6 +17,7 @@ import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from imgclf import catalog
 from imgclf.config import AugmentStep, ModelConfig
 from imgclf.errors import ModelError, did_you_mean
 
@@ -59,9 +62,10 @@ def register_model(family: str, **fields):
     """Register ``fn`` under its own name; ``fields`` are the other ModelEntry fields."""
 
     def wrap(fn: Callable) -> Callable:
-        doc = (fn.__doc__ or "").strip().splitlines()
+        # the docstring's first paragraph, whole: `imgclf models` wraps it, never cuts it
+        paragraph = (fn.__doc__ or "").strip().split("\n\n")[0]
         _REGISTRY[fn.__name__] = ModelEntry(
-            name=fn.__name__, family=family, builder=fn, description=doc[0] if doc else "", **fields
+            name=fn.__name__, family=family, builder=fn, description=" ".join(paragraph.split()), **fields
         )
         return fn
 
@@ -87,3 +91,17 @@ def create_model(name: str, spec: ModelSpec):
         return entry.builder(spec)
     except ValueError as exc:  # Keras' own shape errors, e.g. too many poolings
         raise ModelError(f"cannot build {name} for input {spec.input_shape}: {exc}") from None
+
+
+def catalog_rows() -> list[dict]:
+    """Every entry as `imgclf models` shows it (imgclf.catalog), without its builder."""
+    return [
+        {"name": e.name, "family": e.family, "input": list(e.default_size) if e.default_size else None,
+         "params": e.params, "imagenet": e.pretrained, "description": e.description}
+        for e in (_REGISTRY[n] for n in list_models())
+    ]
+
+
+def write_catalog() -> None:
+    """Rewrite imgclf/catalog.json from the registry (after a model is added or changed)."""
+    catalog.write(catalog_rows())

@@ -21,6 +21,7 @@ from imgclf.reports.diagnose import Finding, diagnose
 from imgclf.reports.html import render
 from imgclf.reports.images import load_images
 from imgclf.reports.metrics import (
+    absent_note,
     confusion,
     label_indices,
     per_class_table,
@@ -187,6 +188,10 @@ def build_reports(out_dir: Path, ctx: Context, flat: bool = False) -> dict:
         by_split[split] = (y_true, probs, rows)
     primary = "test" if "test" in by_split else next(iter(by_split))
     write_json(out_dir / "metrics.json", metrics[primary] if flat else metrics)
+    for split, (y_split, _, _) in by_split.items():
+        absent = absent_note(y_split, class_names)
+        if absent:
+            ctx.notes.append(f"The {split} split holds {absent}.")
 
     per_class = pd.concat(tables, ignore_index=True)
     per_class = per_class[["split", "class", "precision", "recall", "f1", "support", "accuracy"]]

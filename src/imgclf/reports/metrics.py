@@ -74,8 +74,9 @@ def _finite_or_none(value: float):
 def split_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
     """Every number of METRIC_KEYS for one split, plus ``n`` (items), ``top_k`` (the k of
     top_k_accuracy) and ``ece`` (expected calibration error, 15 bins). Precision, recall and
-    F1 average over the classes that occur in the split as true or predicted labels
-    (scikit-learn's default). A number that is undefined for the
+    F1 average over the classes present in the split as true labels (a class with no items,
+    e.g. one missing from an --data folder, is not averaged in as 0; absent_note says so).
+    A number that is undefined for the
     split (an AUC with one class present, kappa when both sides name one class) is null."""
     n = probs.shape[1]
     labels = list(range(n))
@@ -88,9 +89,9 @@ def split_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
         "top_k": k,
         "top_k_accuracy": top_k_accuracy(y_true, probs, k),
     }
-    # averaged over the classes that occur (as true or predicted label): a class with no items
-    # and no predictions, e.g. one missing from an --data folder, has nothing to score
-    present = sorted(set(np.unique(y_true).tolist()) | set(np.unique(y_pred).tolist()))
+    # averaged over the classes present as true labels: a class with no items, e.g. one missing
+    # from an --data folder, has no recall to score, and would only pull the average down
+    present = sorted(np.unique(y_true).tolist())
     for avg in ("macro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(
             y_true, y_pred, labels=present, average=avg, zero_division=0
@@ -116,6 +117,22 @@ def roc_points(y_true: np.ndarray, probs: np.ndarray) -> dict[int, tuple[np.ndar
             fpr, tpr, _ = skm.roc_curve(positives, probs[:, c])
             out[c] = (fpr, tpr, float(skm.auc(fpr, tpr)))
     return out
+
+
+def absent_classes(y_true: np.ndarray, class_names: list[str]) -> list[str]:
+    """The classes with no item among ``y_true``."""
+    present = set(np.unique(y_true).tolist())
+    return [c for i, c in enumerate(class_names) if i not in present]
+
+
+def absent_note(y_true: np.ndarray, class_names: list[str]) -> str | None:
+    """What the macro averages leave out, when a class has no items; None when none is absent."""
+    absent = absent_classes(y_true, class_names)
+    if not absent:
+        return None
+    k = len(class_names) - len(absent)
+    return (f"no images of {', '.join(absent)}: macro precision, recall and F1 average over the "
+            f"{k} class{'es' if k != 1 else ''} present")
 
 
 def per_class_table(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> pd.DataFrame:
