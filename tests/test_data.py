@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,8 +300,22 @@ def test_the_pipeline_decodes_every_kind_of_file_as_predict_does(tmp_path, size)
                                                                           format="JPEG")
     files += [tmp_path / n for n in ("gray.jpg", "cmyk.jpg", "p.png", "jpeg_named.png")]
     files = [str(f) for f in files]
-    got = list(decode_files(files, size).as_numpy_iterator())
-    assert len(got) == len(files)
-    for f, img in zip(files, got):
+    from imgclf.data.scan import HEADERS, unreadable_images
+
+    unscanned = list(decode_files(files, size).as_numpy_iterator())  # headers read from the files
+    assert unreadable_images([Path(f) for f in files]) == []  # the scan, as a run does first
+    assert all(str(Path(f).absolute()) in HEADERS for f in files)
+    scanned = list(decode_files(files, size).as_numpy_iterator())  # headers from the scan
+    assert len(unscanned) == len(scanned) == len(files)
+    for f, a, b in zip(files, unscanned, scanned):
         want = decode_image(tf.constant(f), size).numpy()
-        assert img.shape == (*size, 3) and np.array_equal(img, want), f
+        assert a.shape == (*size, 3) and np.array_equal(a, want) and np.array_equal(b, want), f
+    # JPEGs all of one size (CIFAR's kind) take one branch-free map: the same pixels again
+    for shape in [size, (100, 90), (500, 420)]:
+        alike = []
+        for i in range(3):
+            alike.append(str(tmp_path / f"alike_{shape[0]}_{i}.jpg"))
+            Image.fromarray(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)).save(alike[-1])
+        unreadable_images([Path(f) for f in alike])
+        for f, img in zip(alike, decode_files(alike, size).as_numpy_iterator()):
+            assert np.array_equal(img, decode_image(tf.constant(f), size).numpy()), f

@@ -9,7 +9,9 @@ after the cache, so every epoch sees fresh draws.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 import tensorflow as tf
@@ -18,7 +20,7 @@ from imgclf.config import AugmentStep
 from imgclf.data.augment import augment_dataset
 from imgclf.data.bundle import Split
 from imgclf.data.decode import decode_image, jpeg_ratio, planned_decoder, resize_mode
-from imgclf.data.scan import header_size
+from imgclf.data.scan import HEADERS, header_size
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -40,8 +42,12 @@ def model_input(images: tf.Tensor, size: tuple[int, int], have: int, want: int) 
     return _to_channels(images, have, want)
 
 
-def _plan(path: str, size: tuple[int, int]) -> tuple[int, str] | None:
-    """(JPEG scale, resize mode) of a JPEG file from its header, or None for any other file."""
+def _header(path: str) -> tuple[int, int] | None:
+    """(width, height) of a JPEG file (None for any other file): from what the scan read
+    (data/scan.HEADERS), else from the file's header."""
+    known = HEADERS.get(os.path.abspath(path))
+    if known is not None:
+        return known[:2] if known[2] else None
     try:
         with open(path, "rb") as fh:
             if fh.read(2) != b"\xff\xd8":
@@ -49,30 +55,32 @@ def _plan(path: str, size: tuple[int, int]) -> tuple[int, str] | None:
         found = header_size(Path(path))
     except OSError:
         return None
-    if not found or found == (0, 0):
-        return None
-    w, h = found
+    return found if found and found != (0, 0) else None
+
+
+def _plan(path: str, size: tuple[int, int]) -> tuple[int, str] | None:
+    """(JPEG scale, resize mode) of a JPEG file from its header, or None for any other file."""
+    found = _header(path)
+    return None if found is None else _plan_for(*found, size)
+
+
+@cache
+def _plan_for(w: int, h: int, size: tuple[int, int]) -> tuple[int, str]:
     ratio = jpeg_ratio(h, w, size)
     return ratio, resize_mode(-(-h // ratio), -(-w // ratio), size)  # libjpeg rounds a scaled side up
 
 
 def decode_files(files: Sequence[str], size: tuple[int, int]) -> tf.data.Dataset:
-    """uint8 images at ``size`` of ``files``, in order: decode_image's pixels, but each group of
-    JPEGs that decode and resize alike (read from the headers) goes through its own branch-free
-    map, the groups merged back in file order (2x the images/s on CIFAR's 32x32 JPEGs)."""
-    plans = [_plan(f, size) for f in files]
-    keys = sorted(set(plans), key=str)
-
-    def decoder(key):
-        return (lambda p: decode_image(p, size)) if key is None else planned_decoder(*key, size)
-
-    parts = [tf.data.Dataset.from_tensor_slices([f for f, p in zip(files, plans) if p == key])
-             .map(decoder(key), num_parallel_calls=AUTOTUNE) for key in keys]
-    if len(parts) == 1:
-        return parts[0]
-    index = {key: i for i, key in enumerate(keys)}
-    choice = tf.data.Dataset.from_tensor_slices(tf.constant([index[p] for p in plans], tf.int64))
-    return tf.data.Dataset.choose_from_datasets(parts, choice)
+    """uint8 images at ``size`` of ``files``, in order, as decode_image gives them. Where every
+    file is a JPEG that decodes and resizes alike (by the headers the scan read: a set such as
+    CIFAR's 32x32 JPEGs), through one branch-free map; decode_image's branches cost as much as
+    decoding a 32x32 JPEG. Photos of many sizes go through decode_image itself: splitting them
+    into alike groups and merging those back cost more than the branches (benchmarks/decode.py)."""
+    size = tuple(size)
+    plans = {_plan(f, size) for f in files}
+    one = next(iter(plans)) if len(plans) == 1 else None
+    decode = planned_decoder(*one, size) if one is not None else (lambda p: decode_image(p, size))
+    return tf.data.Dataset.from_tensor_slices(list(files)).map(decode, num_parallel_calls=AUTOTUNE)
 
 
 def make_dataset(

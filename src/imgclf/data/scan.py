@@ -31,7 +31,10 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 # the one past which PIL itself refuses to open an image (twice its warning threshold), so what
 # training uses, the report's thumbnails and `imgclf inspect` can read too
 MAX_PIXELS = 178_956_970
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+# (width, height, is a JPEG) of every file the check read a header of or found in its cache,
+# by absolute path: the pipeline plans its decoding from these without opening files again
+HEADERS: dict[str, tuple[int, int, bool]] = {}
 # the last check of a folder's files (unreadable_images): how many, how many decoded (not
 # found in the cache), seconds; `imgclf train` prints it with its data line
 LAST_SCAN: dict = {}
@@ -121,8 +124,8 @@ def _read_cache(file: Path) -> dict:
         data = json.loads(file.read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("judge") != _judge() or not isinstance(data["files"], dict):
             return {}
-        return {k: v for k, v in data["files"].items()  # [*stamp, verdict] each, else ignored
-                if isinstance(v, list) and len(v) == 5 and (v[4] is None or isinstance(v[4], str))}
+        return {k: v for k, v in data["files"].items()  # [*stamp, verdict, header] each, else ignored
+                if isinstance(v, list) and len(v) == 6 and (v[4] is None or isinstance(v[4], str))}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}  # no cache, or a damaged one: scan again
 
@@ -152,6 +155,8 @@ def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
         hit = cached.get(str(p.absolute()))
         if stamps[p] is not None and hit is not None and hit[:4] == stamps[p]:
             verdicts[p] = hit[4]
+            if hit[5]:
+                HEADERS[os.path.abspath(p)] = tuple(hit[5])
         else:
             todo.append(p)
     for p, why in check_images(todo).items():
@@ -159,7 +164,7 @@ def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
     if todo:
         for p in todo:
             if stamps[p] is not None:
-                cached[str(p.absolute())] = [*stamps[p], verdicts[p]]
+                cached[str(p.absolute())] = [*stamps[p], verdicts[p], HEADERS.get(os.path.abspath(p))]
         _write_cache(where, cached)
     LAST_SCAN.update(files=len(paths), decoded=len(todo), seconds=time.perf_counter() - started)
     return [(p, verdicts[p]) for p in paths if verdicts[p] is not None]
@@ -189,6 +194,7 @@ def too_large(path: Path) -> str | None:
     try:
         with open_quietly(path, check_size=False) as im:
             w, h = im.size
+            HEADERS[os.path.abspath(path)] = (w, h, im.format == "JPEG")
     except Exception:  # PIL refuses some files TensorFlow decodes: read the size ourselves
         try:
             size = header_size(path)
