@@ -319,3 +319,29 @@ def test_the_pipeline_decodes_every_kind_of_file_as_predict_does(tmp_path, size)
         unreadable_images([Path(f) for f in alike])
         for f, img in zip(alike, decode_files(alike, size).as_numpy_iterator()):
             assert np.array_equal(img, decode_image(tf.constant(f), size).numpy()), f
+
+
+def test_a_folder_of_grayscale_images_is_read_with_one_channel_unless_asked(tmp_path):
+    """Its own channel count: 1 when every image is grayscale (saved as L PNGs and grayscale
+    JPEGs), 3 as soon as one is in colour, and data.channels decides over both."""
+    import yaml
+
+    from conftest import pattern_image, train_run
+
+    rng = np.random.default_rng(0)
+    gray = tmp_path / "gray"
+    for name in ("a", "b"):
+        (gray / name).mkdir(parents=True)
+        for i in range(4):
+            pattern_image(i % 2, rng).convert("L").save(gray / name / f"{i}.{'png' if i % 2 else 'jpg'}")
+
+    def channels(*extra):
+        run = train_run(tmp_path / "runs", "data.source=folder", f"data.path={gray}", "data.val_split=0.25",
+                        "data.image_size=[16,16]", "train.epochs=1", "output.gradcam=0", *extra)
+        return yaml.safe_load((run / "config.yaml").read_text())["data"]["channels"]
+
+    assert load_data(DataConfig(source="folder", path=str(gray), val_split=0.25), seed=0).channels == 1
+    assert channels() == 1
+    assert channels("data.channels=3") == 3
+    pattern_image(0, rng).save(gray / "a" / "colour.png")
+    assert load_data(DataConfig(source="folder", path=str(gray), val_split=0.25), seed=0).channels == 3

@@ -111,3 +111,18 @@ def test_a_keras_file_that_is_not_one(folder_run, tmp_path):
     result = predict(fake, folder_run.parent.parent / "data")
     assert result.exit_code == 2
     assert f"cannot load {fake}: not a .keras file (a zip archive)" in result.output
+
+
+def test_a_colour_photo_given_to_a_digits_model_gets_one_warning(digits_runs, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg")
+    digit = tmp_path / "digit"
+    digit.mkdir()
+    Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(digit / "3.png")
+    far = predict(digits_runs[0], tmp_path / "photo.jpg")
+    assert far.exit_code == 0 and far.output.count("warning:") == 1
+    assert "8x8x1" in far.output and "320x240 in colour" in far.output
+    near = predict(digits_runs[0], digit)
+    assert near.exit_code == 0 and "warning" not in near.output

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from imgclf.data.pipeline import _to_channels, decode_image
-from imgclf.data.scan import find_images, printable, refuse, why_unreadable
+from imgclf.data.scan import GRAY_MODES, find_images, open_quietly, printable, refuse, why_unreadable
 from imgclf.data.tables import TABLES, read_table
 from imgclf.errors import ConfigError, DataError, ModelError
 from imgclf.exported import is_exported, open_exported
@@ -166,6 +166,9 @@ def predict(model_or_run, input_path, *, top_k: int | None = None, output: str |
         raise ConfigError(f"--top-k must be between 1 and {n_classes} (the model's classes). "
                           f"Received: top_k={top_k}")
 
+    far = far_from_training(pred, files)
+    if far:
+        warn(f"warning: {far}")
     if output is None:
         failed = _run(pred, files, base, top_k, batch_size, tta, _Rows(stdout or sys.stdout, fmt, top_k),
                       warn, progress)
@@ -173,6 +176,28 @@ def predict(model_or_run, input_path, *, top_k: int | None = None, output: str |
         with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
             failed = _run(pred, files, base, top_k, batch_size, tta, _Rows(fh, fmt, top_k), warn, progress)
     return PredictSummary(total=len(files), failed=failed, output=output)
+
+
+FAR_LARGER = 8  # an image this many times the model's input side: far from what it was trained on
+
+
+def far_from_training(pred: Predictor, files: list[Path]) -> str | None:
+    """One line when the first readable input is far from what the model takes: colour into a
+    grayscale model, or many times larger (a photo given to an 8x8 digits model)."""
+    for f in files[:5]:
+        try:
+            with open_quietly(f) as im:
+                (w, h), gray = im.size, im.mode in GRAY_MODES
+        except Exception:  # unreadable: its row says why
+            continue
+        side = max(pred.image_size)
+        shape = "x".join(str(s) for s in (*pred.image_size, pred.channels))
+        if (pred.channels == 1 and not gray) or max(w, h) >= FAR_LARGER * side:
+            return (f"the model takes {shape} images; {f.name} is {w}x{h}{'' if gray else ' in colour'}: "
+                    f"each image is shrunk{' and turned grey' if pred.channels == 1 and not gray else ''} "
+                    "to that, so predictions on such images mean little")
+        return None
+    return None
 
 
 def _run(pred: Predictor, files: list[Path], base: Path, k: int, batch_size: int, tta: str | None,

@@ -31,10 +31,12 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 # the one past which PIL itself refuses to open an image (twice its warning threshold), so what
 # training uses, the report's thumbnails and `imgclf inspect` can read too
 MAX_PIXELS = 178_956_970
-CACHE_VERSION = 3
-# (width, height, is a JPEG) of every file the check read a header of or found in its cache,
-# by absolute path: the pipeline plans its decoding from these without opening files again
-HEADERS: dict[str, tuple[int, int, bool]] = {}
+CACHE_VERSION = 4
+# (width, height, is a JPEG, is grayscale) of every file the check read a header of or found
+# in its cache, by absolute path: the pipeline plans its decoding from these, and a folder of
+# grayscale images is read with one channel, without opening the files again
+HEADERS: dict[str, tuple[int, int, bool, bool]] = {}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # PIL's modes without colour
 # the last check of a folder's files (unreadable_images): how many, how many decoded (not
 # found in the cache), seconds; `imgclf train` prints it with its data line
 LAST_SCAN: dict = {}
@@ -170,6 +172,12 @@ def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
     return [(p, verdicts[p]) for p in paths if verdicts[p] is not None]
 
 
+def own_channels(paths) -> int:
+    """1 when the scan saw every one of ``paths`` as a grayscale image, else 3."""
+    seen = [HEADERS.get(os.path.abspath(p)) for p in paths]
+    return 1 if seen and all(h is not None and len(h) > 3 and h[3] for h in seen) else 3
+
+
 def printable(name: str) -> str:
     """``name`` as text any file or terminal takes: a byte that is not UTF-8 (a file name from
     an old zip) shows as \\xNN instead of failing the write."""
@@ -194,7 +202,7 @@ def too_large(path: Path) -> str | None:
     try:
         with open_quietly(path, check_size=False) as im:
             w, h = im.size
-            HEADERS[os.path.abspath(path)] = (w, h, im.format == "JPEG")
+            HEADERS[os.path.abspath(path)] = (w, h, im.format == "JPEG", im.mode in GRAY_MODES)
     except Exception:  # PIL refuses some files TensorFlow decodes: read the size ourselves
         try:
             size = header_size(path)

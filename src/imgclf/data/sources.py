@@ -18,7 +18,14 @@ from imgclf.config import DataConfig
 from imgclf.data.bundle import DataBundle, Split
 from imgclf.data.duplicates import groups_for
 from imgclf.data.known import FASHION, cached, locate, read_arrays
-from imgclf.data.scan import find_images, loose_images, printable, unreadable_images, visible_subdirs
+from imgclf.data.scan import (
+    find_images,
+    loose_images,
+    own_channels,
+    printable,
+    unreadable_images,
+    visible_subdirs,
+)
 from imgclf.data.splits import fold_of, split_indices
 from imgclf.data.tables import load_csv_source
 from imgclf.errors import ConfigError, DataError
@@ -265,7 +272,7 @@ def load_folder_source(cfg: DataConfig, seed: int) -> DataBundle:
     return DataBundle(
         class_names=classes,
         splits=_ordered(splits),
-        channels=3,
+        channels=own_channels(p for s in splits.values() for p in s.files),
         image_size=None,
         kind="files",
         id_column="file",

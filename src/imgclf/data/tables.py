@@ -17,7 +17,7 @@ import pandas as pd
 from imgclf.config import DataConfig
 from imgclf.data.bundle import DataBundle, Split
 from imgclf.data.duplicates import groups_for
-from imgclf.data.scan import unreadable_images
+from imgclf.data.scan import own_channels, unreadable_images
 from imgclf.data.splits import split_indices
 from imgclf.errors import ConfigError, DataError
 
@@ -131,7 +131,8 @@ def load_csv_source(cfg: DataConfig, seed: int) -> DataBundle:
     every = Split(y=np.array([classes.index(table.labels[i]) for i in keep], dtype=np.int64),
                   ids=[table.ids[i] for i in keep], files=[str(table.files[i]) for i in keep])
     return DataBundle(class_names=classes, splits=_splits(cfg, seed, every, [table.splits[i] for i in keep]),
-                      channels=3, image_size=None, kind="files", id_column="file", bad_files=bad)
+                      channels=own_channels(every.files), image_size=None, kind="files", id_column="file",
+                      bad_files=bad)
 
 
 def _splits(cfg: DataConfig, seed: int, every: Split, named: list[str]) -> dict[str, Split]:
