@@ -345,3 +345,12 @@ def test_a_folder_of_grayscale_images_is_read_with_one_channel_unless_asked(tmp_
     assert channels("data.channels=3") == 3
     pattern_image(0, rng).save(gray / "a" / "colour.png")
     assert load_data(DataConfig(source="folder", path=str(gray), val_split=0.25), seed=0).channels == 3
+
+
+def test_runs_made_before_the_whole_set_split_rule_are_told_apart():
+    from imgclf.data.splits import older_split_note
+
+    both = DataConfig(val_split=0.15, test_split=0.15)
+    assert "--split test" in older_split_note("0.1.0", both)
+    assert older_split_note("0.2.0", both) is None and older_split_note(None, both) is None
+    assert older_split_note("0.1.0", DataConfig(val_split=0.2, test_split=0.0)) is None  # val alone: same rule

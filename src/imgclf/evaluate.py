@@ -16,6 +16,7 @@ from imgclf.data import Split, load_data
 from imgclf.data.pipeline import make_dataset
 from imgclf.data.scan import find_images, printable, skipped_note, unreadable_images, visible_subdirs
 from imgclf.data.sources import PATH_HOLDS
+from imgclf.data.splits import older_split_note
 from imgclf.data.tables import TABLES, read_table
 from imgclf.errors import ConfigError, DataError
 from imgclf.gradcam import case_maps
@@ -173,6 +174,9 @@ def evaluate_run(run_dir: str | Path, *, data: str | None = None, split: str | N
     if note:
         echo(f"warning: {note}")
     items = EvalData(run, data, split)
+    older = older_split_note(run.manifest.get("versions", {}).get("imgclf"), run.cfg.data)
+    if older and not data and items.split_name == "val":
+        echo(f"warning: {older}")
     for p, why in items.bad_files[:5]:
         echo(f"warning: skipped unreadable {p}: {why}")
     _warn_absent(items, data, run.class_names, echo)

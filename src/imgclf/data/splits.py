@@ -110,3 +110,20 @@ def fold_of(bundle: DataBundle, folds: int, fold: int, seed: int) -> DataBundle:
     if "test" in bundle.splits:
         splits["test"] = bundle.splits["test"]
     return dataclasses.replace(bundle, splits=splits)
+
+
+SPLIT_RULE_SINCE = (0, 2)  # from imgclf 0.2.0, val_split is a fraction of the whole, not of what test left
+
+
+def older_split_note(made_by: str | None, cfg) -> str | None:
+    """One line where a run made by an imgclf before 0.2.0 had imgclf carve both a test and a
+    val split (``cfg`` its data config): its val split is rebuilt differently now."""
+    try:
+        version = tuple(int(v) for v in str(made_by).split(".")[:2])
+    except ValueError:
+        return None
+    if version >= SPLIT_RULE_SINCE or not (cfg.val_split and cfg.test_split):
+        return None
+    return (f"this run was made by imgclf {made_by}, which took data.val_split from what data.test_split "
+            "left; it is now a fraction of the whole, so where imgclf made both splits the val split "
+            "rebuilt here is not the run's own (its test split is): rely on --split test")

@@ -17,6 +17,7 @@ import keras
 from imgclf import interrupts
 from imgclf.config import Config, dump_yaml, load_config
 from imgclf.data import DataBundle
+from imgclf.data.splits import older_split_note
 from imgclf.errors import ConfigError
 from imgclf.gradcam import case_maps
 from imgclf.inference import load_model, predict_probs, save_inference_model, write_prediction_rows
@@ -82,6 +83,9 @@ def resume(run_dir: str | Path, echo=print) -> Path:
         return _resume_folds(run_dir, echo)
     with holding(run_dir):  # from the first check to the end: two resumes cannot both pass it
         cfg, state = _resumable(run_dir, echo)
+        note = older_split_note(read_manifest(run_dir / MANIFEST).get("versions", {}).get("imgclf"), cfg.data)
+        if note:
+            echo(f"warning: {note}")
         run = _restored(run_dir, cfg, state, echo)
         with run.manifest.closing(on_interrupt=lambda: _say_interrupted(run, True)):
             return _train_in(run)
