@@ -217,7 +217,19 @@ def build_reports(out_dir: Path, ctx: Context, flat: bool = False) -> dict:
                    for split, (yt, p, _) in by_split.items()}
     plot_reliability(calibration, out_dir / "reliability.png")
 
-    figures = {
+    figures = _figures(out_dir, ctx)
+    page = render(
+        title=ctx.title, subtitle=ctx.subtitle, metrics=metrics, primary=primary,
+        per_class=per_class[per_class["split"] == primary].drop(columns="split"),
+        figures=figures, config_text=ctx.config_text, notes=ctx.notes, facts=ctx.facts,
+    )
+    write_text(out_dir / "report.html", page)
+    return metrics
+
+
+def _figures(out_dir: Path, ctx: Context) -> dict[str, list[tuple[Path, str]]]:
+    """report.html's figures by section (those whose file is missing are left out)."""
+    return {
         "Learning curves": [(ctx.curves_png, "loss and accuracy per epoch")] if ctx.curves_png else [],
         "Confusion matrix and ROC": [
             (out_dir / "confusion_matrix.png", "counts; shading is the share of each true class"),
@@ -236,13 +248,6 @@ def build_reports(out_dir: Path, ctx: Context, flat: bool = False) -> dict:
              "over each; red and yellow: the regions that raised that class's score most"),
         ],
     }
-    page = render(
-        title=ctx.title, subtitle=ctx.subtitle, metrics=metrics, primary=primary,
-        per_class=per_class[per_class["split"] == primary].drop(columns="split"),
-        figures=figures, config_text=ctx.config_text, notes=ctx.notes, facts=ctx.facts,
-    )
-    write_text(out_dir / "report.html", page)
-    return metrics
 
 
 def _misclassified(out_dir: Path, ctx: Context, split: str, rows: pd.DataFrame,
