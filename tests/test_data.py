@@ -353,4 +353,5 @@ def test_runs_made_before_the_whole_set_split_rule_are_told_apart():
     both = DataConfig(val_split=0.15, test_split=0.15)
     assert "--split test" in older_split_note("0.1.0", both)
     assert older_split_note("0.2.0", both) is None and older_split_note(None, both) is None
-    assert older_split_note("0.1.0", DataConfig(val_split=0.2, test_split=0.0)) is None  # val alone: same rule
+    alone = DataConfig(val_split=0.2, test_split=0.0)
+    assert older_split_note("0.1.0", alone) is None  # a val split alone: the same rule before and after
