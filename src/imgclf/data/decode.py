@@ -38,6 +38,10 @@ def resize_image(img: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 RATIOS = (8, 4, 2)  # libjpeg's scaled decodes, largest first
 
 
+def _to_uint8(img: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.clip_by_value(tf.round(img), 0.0, 255.0), tf.uint8)
+
+
 def jpeg_ratio(height: int, width: int, size: tuple[int, int]) -> int:
     """The JPEG scale ``_decode_jpeg_for`` decodes a ``height`` x ``width`` file at for ``size``."""
     return next((r for r in RATIOS if height // r >= size[0] and width // r >= size[1]), 1)
@@ -59,9 +63,8 @@ def planned_decoder(ratio: int, mode: str, size: tuple[int, int]):
     def decode(path: tf.Tensor) -> tf.Tensor:
         img = tf.io.decode_jpeg(tf.io.read_file(path), channels=3, ratio=ratio)
         if mode != "none":
-            resized = tf.image.resize(img, size, method="area" if mode == "area" else "bilinear",
-                                      antialias=mode == "antialias")
-            img = tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+            img = _to_uint8(tf.image.resize(img, size, method="area" if mode == "area" else "bilinear",
+                                            antialias=mode == "antialias"))
         img.set_shape([*size, 3])
         return img
 
@@ -79,7 +82,7 @@ def _decode_jpeg_for(raw: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     def at(ratio: int):
         return lambda: tf.io.decode_jpeg(raw, channels=3, ratio=ratio)
 
-    return tf.case([(tf.reduce_all(hw // r >= target), at(r)) for r in (8, 4, 2)], default=at(1))
+    return tf.case([(tf.reduce_all(hw // r >= target), at(r)) for r in RATIOS], default=at(1))
 
 
 def decode_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
@@ -90,7 +93,6 @@ def decode_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
                   lambda: tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8))
     img.set_shape([None, None, 3])
     same = tf.reduce_all(tf.shape(img)[:2] == tf.constant(size, tf.int32))
-    out = tf.cond(same, lambda: img,
-                  lambda: tf.cast(tf.clip_by_value(tf.round(resize_image(img, size)), 0.0, 255.0), tf.uint8))
+    out = tf.cond(same, lambda: img, lambda: _to_uint8(resize_image(img, size)))
     out.set_shape([*size, 3])  # static, so the batches after it are known to need no resize
     return out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,8 +22,7 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from imgclf.data.scan import cache_file, open_quietly, printable, stamp
-from imgclf.runs import write_json
+from imgclf.data.scan import cache_file, open_quietly, printable, read_cache, unchanged, write_cache
 
 # phash bits (of 64) two images may differ in and count as near duplicates: a resize plus a
 # JPEG re-encode moves 0-4 bits, unrelated photos differ in ~32 (a chain of such pairs is one group)
@@ -61,32 +59,16 @@ def _judge() -> dict:
     return {"version": HASH_VERSION, "imagehash": md.version("imagehash"), "pillow": md.version("pillow")}
 
 
-def _read_cache(where: Path) -> dict:
-    try:
-        data = json.loads(where.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get("judge") != _judge() or not isinstance(data["files"], dict):
-            return {}
-        return {k: v for k, v in data["files"].items() if isinstance(v, list) and len(v) == 6}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}  # no cache, or a damaged one: hash again
-
-
 def file_hashes(paths: list[Path]) -> dict[Path, Hashes | None]:
     """{path: its hashes, or None if PIL cannot decode it}: from the cache where a file's
     ``stamp`` is unchanged, the rest hashed (in threads: decoding releases the GIL) and cached."""
     if not paths:
         return {}
     where = cache_file(paths, "hashes")
-    cached = _read_cache(where)
-    out: dict[Path, Hashes | None] = {}
-    stamps = {p: stamp(p) for p in paths}
-    todo = []
-    for p in paths:
-        hit = cached.get(str(p.absolute()))
-        if stamps[p] is not None and hit is not None and hit[:4] == stamps[p]:
-            out[p] = None if hit[4] is None else (hit[4], int(hit[5], 16))
-        else:
-            todo.append(p)
+    cached = read_cache(where, _judge(), 6)  # [*stamp, pixel hash, phash hex]
+    stamps, hits, todo = unchanged(paths, cached)
+    out: dict[Path, Hashes | None] = {p: None if e[0] is None else (e[0], int(e[1], 16))
+                                      for p, e in hits.items()}
     if not todo:
         return out
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -94,11 +76,7 @@ def file_hashes(paths: list[Path]) -> dict[Path, Hashes | None]:
             out[p] = h
             if stamps[p] is not None:
                 cached[str(p.absolute())] = [*stamps[p], *((h[0], f"{h[1]:016x}") if h else (None, None))]
-    try:
-        where.parent.mkdir(parents=True, exist_ok=True)
-        write_json(where, {"judge": _judge(), "files": cached})
-    except OSError:
-        pass  # a read-only cache folder costs hashing again next time, nothing more
+    write_cache(where, _judge(), cached)
     return out
 
 

@@ -121,23 +121,39 @@ def _judge() -> dict:
     return {"version": CACHE_VERSION, "max_pixels": MAX_PIXELS, "tensorflow": tf_version}
 
 
-def _read_cache(file: Path) -> dict:
+def read_cache(file: Path, judge: dict, width: int) -> dict:
+    """A per-file cache's entries (lists of ``width`` items, ``stamp`` first, by absolute path)
+    when it was made under ``judge``; {} for none, a damaged one, or one made otherwise. The
+    scan's verdicts and data/duplicates.py's hashes are kept this way."""
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get("judge") != _judge() or not isinstance(data["files"], dict):
+        if not isinstance(data, dict) or data.get("judge") != judge or not isinstance(data["files"], dict):
             return {}
-        return {k: v for k, v in data["files"].items()  # [*stamp, verdict, header] each, else ignored
-                if isinstance(v, list) and len(v) == 6 and (v[4] is None or isinstance(v[4], str))}
+        return {k: v for k, v in data["files"].items() if isinstance(v, list) and len(v) == width}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}  # no cache, or a damaged one: scan again
+        return {}  # no cache, or a damaged one: the work is done again
 
 
-def _write_cache(file: Path, entries: dict) -> None:
+def write_cache(file: Path, judge: dict, entries: dict) -> None:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        write_json(file, {"judge": _judge(), "files": entries})
+        write_json(file, {"judge": judge, "files": entries})
     except OSError:
-        pass  # a read-only home costs a rescan next time, nothing more
+        pass  # a read-only home costs the work again next time, nothing more
+
+
+def unchanged(paths: list[Path], cached: dict) -> tuple[dict, dict, list[Path]]:
+    """(each path's ``stamp``; {path: its cached entry after the stamp} where the stamp is
+    unchanged; the other paths, in order)."""
+    stamps = {p: stamp(p) for p in paths}
+    hits, todo = {}, []
+    for p in paths:
+        hit = cached.get(str(p.absolute()))
+        if stamps[p] is not None and hit is not None and hit[:4] == stamps[p]:
+            hits[p] = hit[4:]
+        else:
+            todo.append(p)
+    return stamps, hits, todo
 
 
 # ------------------------------------------------------------------------- check
@@ -149,25 +165,21 @@ def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
         return []
     started = time.perf_counter()
     where = cache_file(paths)
-    cached = _read_cache(where)
+    cached = {k: v for k, v in read_cache(where, _judge(), 6).items()  # [*stamp, verdict, header]
+              if v[4] is None or isinstance(v[4], str)}
+    stamps, hits, todo = unchanged(paths, cached)
     verdicts: dict[Path, str | None] = {}
-    stamps = {p: stamp(p) for p in paths}
-    todo = []
-    for p in paths:
-        hit = cached.get(str(p.absolute()))
-        if stamps[p] is not None and hit is not None and hit[:4] == stamps[p]:
-            verdicts[p] = hit[4]
-            if hit[5]:
-                HEADERS[os.path.abspath(p)] = tuple(hit[5])
-        else:
-            todo.append(p)
+    for p, (verdict, header) in hits.items():
+        verdicts[p] = verdict
+        if header:
+            HEADERS[os.path.abspath(p)] = tuple(header)
     for p, why in check_images(todo).items():
         verdicts[p] = why
     if todo:
         for p in todo:
             if stamps[p] is not None:
                 cached[str(p.absolute())] = [*stamps[p], verdicts[p], HEADERS.get(os.path.abspath(p))]
-        _write_cache(where, cached)
+        write_cache(where, _judge(), cached)
     LAST_SCAN.update(files=len(paths), decoded=len(todo), seconds=time.perf_counter() - started)
     return [(p, verdicts[p]) for p in paths if verdicts[p] is not None]
 
