@@ -112,12 +112,13 @@ def _load(path: Path, size: tuple[int, int]):
 def _explain_batch(cam: GradCam, pred, good: list, base: Path, folder: Path, fixed: int | None,
                    k: int, rows, sheet: list) -> None:
     inputs = model_input(tf.stack([x for _, _, x in good]), pred.image_size, 3, pred.channels)
-    _, probs = cam.maps(inputs)
+    predicted, probs = cam.maps(inputs)  # the predicted class's maps, and the probabilities
     if fixed is not None:
         ranked = np.full((len(good), 1), fixed)
     else:
         ranked = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    maps = [cam.maps(inputs, ranked[:, r])[0] for r in range(ranked.shape[1])]
+    maps = [predicted if fixed is None and r == 0 else cam.maps(inputs, ranked[:, r])[0]
+            for r in range(ranked.shape[1])]
     names = pred.class_names
     for i, (f, full, _) in enumerate(good):
         rel = _rel(f, base)

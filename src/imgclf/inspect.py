@@ -20,7 +20,7 @@ from PIL import Image
 from imgclf.config import Config, load_config
 from imgclf.data import load_data
 from imgclf.data.augment import MIXERS, augmentation_layers, split_steps
-from imgclf.data.duplicates import NEAR_DISTANCE, bundle_hashes, duplicate_rows
+from imgclf.data.duplicates import NEAR_DISTANCE, bundle_hashes, crossing, duplicate_rows, grouped
 from imgclf.data.scan import open_quietly, skipped_summary, visible_subdirs
 from imgclf.data.tables import TABLES
 from imgclf.errors import ConfigError, DataError
@@ -175,13 +175,9 @@ def _say_duplicates(bundle, cfg: Config, out: Path, echo) -> list[dict]:
         writer = csv.DictWriter(fh, fieldnames=DUPLICATE_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    groups: dict[int, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r["group"], []).append(r)
-    heads = [g[0] for g in groups.values()]
-    kinds = Counter(h["kind"] for h in heads)
-    cross_class = sum("cross-class" in h["scope"] for h in heads)
-    cross_split = sum("cross-split" in h["scope"] for h in heads)
+    groups = grouped(rows)
+    kinds = Counter(g[0]["kind"] for g in groups.values())
+    cross_class, cross_split = crossing(groups, "cross-class"), crossing(groups, "cross-split")
     unhashed = sum(h is None for h in hashes)
     if not groups:
         echo(f"duplicates: none (no two images with the same pixels or within {NEAR_DISTANCE} phash bits)")

@@ -207,20 +207,29 @@ def groups_for(part, dedupe: bool) -> np.ndarray | None:
     return split_groups([found[p] for p in paths])
 
 
+def grouped(rows: list[dict]) -> dict[int, list[dict]]:
+    """duplicate_rows' rows by group number, in order."""
+    groups: dict[int, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    return groups
+
+
+def crossing(groups: dict[int, list[dict]], scope: str) -> int:
+    """How many groups cross ``scope`` (cross-class or cross-split)."""
+    return sum(scope in g[0]["scope"] for g in groups.values())
+
+
 def duplicates_line(bundle, data_path: str | None) -> str | None:
     """The start of `imgclf train`'s word on duplicates in a files source (its hashes cached
     like the scan's): how many groups, how many cross splits or classes, and where to look;
     None when there are none, or for arrays (hashed anew each time: `imgclf inspect` does it)."""
     if bundle.kind != "files":
         return None
-    members, hashes = bundle_hashes(bundle)
-    heads = {}
-    for row in duplicate_rows(members, hashes):
-        heads.setdefault(row["group"], row)
-    if not heads:
+    groups = grouped(duplicate_rows(*bundle_hashes(bundle)))
+    if not groups:
         return None
-    cross_split = sum("cross-split" in h["scope"] for h in heads.values())
-    cross_class = sum("cross-class" in h["scope"] for h in heads.values())
-    return (f"duplicates: {len(heads)} group(s) of identical or near-identical images, {cross_split} "
+    cross_split, cross_class = crossing(groups, "cross-split"), crossing(groups, "cross-class")
+    return (f"duplicates: {len(groups)} group(s) of identical or near-identical images, {cross_split} "
             f"across splits (leakage), {cross_class} across classes (conflicting labels); "
             f"`imgclf inspect {data_path or 'CONFIG'}` lists them")
