@@ -141,12 +141,14 @@ def test_cyclical_matches_smith_2017(mode):
         assert got[5] == pytest.approx(lo + amp * 5 / 6 * gamma**5)  # per iteration, not per cycle
 
 
-def onecycle_ref(step, peak, total, pct, div, final_div):
-    """PyTorch OneCycleLR(anneal_strategy='cos', three_phase=False), written out."""
+def onecycle_ref(step, peak, total, pct, div, final_div, strategy="cos"):
+    """PyTorch OneCycleLR(anneal_strategy=strategy, three_phase=False), written out."""
     initial, final = peak / div, peak / div / final_div
     peak_step, last = pct * total - 1, total - 1
 
     def anneal(a, b, p):
+        if strategy == "linear":
+            return (b - a) * p + a
         return b + (a - b) / 2 * (math.cos(math.pi * p) + 1)
 
     if step <= peak_step:
@@ -173,6 +175,21 @@ def test_one_cycle_as_pytorch():
     assert got[4] == pytest.approx(peak)  # pct_start * total - 1
     assert got[total - 1] == pytest.approx(peak / 1000)
     assert got.max() == pytest.approx(peak)
+
+
+def test_one_cycle_linear_is_the_triangle():
+    """anneal_strategy=linear: straight up from lr/div to lr, straight down to the end."""
+    peak, epochs = 1.0, 4
+    s = make_schedule("one_cycle", peak, steps_per_epoch=SPE, epochs=epochs, pct_start=0.2,
+                      div_factor=5, final_div_factor=1e4, anneal_strategy="linear")
+    total = SPE * epochs
+    steps = np.arange(0, total + 2)
+    got = at(s, steps)
+    np.testing.assert_allclose(got, [onecycle_ref(x, peak, total, 0.2, 5, 1e4, "linear") for x in steps],
+                               rtol=1e-5, atol=1e-7)
+    rise, fall = np.diff(got[: int(0.2 * total)]), np.diff(got[int(0.2 * total): total])
+    np.testing.assert_allclose(rise, rise[0], rtol=1e-4)  # constant slopes: a triangle, not a cosine
+    np.testing.assert_allclose(fall, fall[0], rtol=1e-3)
 
 
 def test_step_counting_is_per_batch_in_fit():

@@ -78,7 +78,7 @@ SCHEDULE_PARAMS: dict[str, dict[str, object]] = {
     "cosine": {"warmup_epochs": 0.0, "min_lr": 0.0},
     "cosine_restarts": {"first_epochs": REQUIRED, "t_mul": 2.0, "m_mul": 1.0, "min_lr": 0.0},
     "cyclical": {"max_lr": REQUIRED, "step_size_epochs": 2.0, "mode": "triangular", "gamma": 1.0},
-    "one_cycle": {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4},
+    "one_cycle": {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4, "anneal_strategy": "cos"},
     "plateau": {"factor": 0.1, "min_lr": 0.0, "patience": 3, "monitor": "val_loss"},
 }
 
@@ -105,6 +105,7 @@ class ScheduleConfig(Section):
     pct_start: Float | None = Field(None, gt=0.0, lt=1.0)
     div_factor: Float | None = Field(None, gt=0.0)
     final_div_factor: Float | None = Field(None, gt=0.0)
+    anneal_strategy: Literal["cos", "linear"] | None = None
     patience: Int | None = Field(None, ge=0)
     monitor: str | None = None
 

@@ -33,7 +33,8 @@ def stem(spec: ModelSpec):
     return inputs, layers.Rescaling(1.0 / 255.0, name="rescale")(x)
 
 
-def classifier_head(x, spec: ModelSpec, pool: str = "avg", units: list[int] | None = None):
+def classifier_head(x, spec: ModelSpec, pool: str = "avg", units: list[int] | None = None,
+                    scale: float = 1.0):
     """The one head: pool (global average or max, or flatten for the MLP), optional batch norm on the
     pooled features (model.head_batch_norm), dense layers (model.dense_units) with the config's
     activation and optional batch norm (model.batch_norm), dropout, softmax output. Its layers
@@ -59,4 +60,6 @@ def classifier_head(x, spec: ModelSpec, pool: str = "avg", units: list[int] | No
             x = layers.Dropout(cfg.dropout, name=f"head_dropout{i}")(x)
     if not units and cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="head_dropout")(x)
+    if scale != 1.0:
+        x = layers.Rescaling(scale, name="head_scale")(x)
     return layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name="predictions")(x)

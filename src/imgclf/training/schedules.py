@@ -16,7 +16,7 @@ has been imported.
                      longer, its height above min_lr m_mul times lower (keras CosineDecayRestarts)
     cyclical         Smith (2017) cyclical rates between lr and max_lr: triangular,
                      triangular2, exp_range (the semantics of tensorflow-addons' retired classes)
-    one_cycle        PyTorch's OneCycleLR with cosine annealing; lr is the peak
+    one_cycle        PyTorch's OneCycleLR (cosine or linear annealing); lr is the peak
 """
 
 from __future__ import annotations
@@ -152,14 +152,17 @@ class CyclicalLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
 @keras.saving.register_keras_serializable(package="imgclf")
 class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
-    """1cycle policy as PyTorch's OneCycleLR (two phases, cosine annealing).
+    """1cycle policy as PyTorch's OneCycleLR (two phases; cosine annealing, or linear with
+    ``anneal_strategy="linear"``: the triangle of the fast CIFAR-10 recipes).
 
     Starts at max_lr / div_factor, rises to max_lr at step `pct_start * total_steps - 1`, then
     falls to max_lr / (div_factor * final_div_factor) at step `total_steps - 1` and stays there.
     """
 
-    def __init__(self, max_lr, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4, name=None):
+    def __init__(self, max_lr, total_steps, pct_start=0.3, div_factor=25.0, final_div_factor=1e4, name=None,
+                 anneal_strategy="cos"):
         super().__init__()
+        self.anneal_strategy = anneal_strategy
         self.max_lr = float(max_lr)
         self.total_steps = float(total_steps)
         self.pct_start = float(pct_start)
@@ -167,8 +170,9 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
         self.final_div_factor = float(final_div_factor)
         self.name = name
 
-    @staticmethod
-    def _anneal(start, end, pct):
+    def _anneal(self, start, end, pct):
+        if self.anneal_strategy == "linear":
+            return start + (end - start) * pct
         return end + (start - end) / 2.0 * (ops.cos(math.pi * pct) + 1.0)
 
     def __call__(self, step):
@@ -190,6 +194,7 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
             "div_factor": self.div_factor,
             "final_div_factor": self.final_div_factor,
             "name": self.name,
+            "anneal_strategy": self.anneal_strategy,
         }
 
 
@@ -300,7 +305,8 @@ def _one_cycle(lr, p, spe, total, epochs):
         raise _bad(name, "pct_start", pct, "needs 0 < pct_start < 1 and more than one warm-up step")
     div = _number(name, "div_factor", p["div_factor"], positive=True)
     final_div = _number(name, "final_div_factor", p["final_div_factor"], positive=True)
-    return OneCycle(lr, total, pct_start=pct, div_factor=div, final_div_factor=final_div)
+    return OneCycle(lr, total, pct_start=pct, div_factor=div, final_div_factor=final_div,
+                    anneal_strategy=p["anneal_strategy"])
 
 
 _BUILDERS = {"exponential": _exponential, "step": _step, "piecewise": _piecewise, "cosine": _cosine,

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from imgclf.config import Config
@@ -15,6 +16,7 @@ from imgclf.data import DataBundle, load_data
 from imgclf.data.augment import split_steps
 from imgclf.data.pipeline import make_dataset
 from imgclf.errors import ConfigError
+from imgclf.layers import PatchWhitening
 from imgclf.models import ModelSpec, create_model, get_entry
 from imgclf.models.weights import check_weights, load_weights
 from imgclf.monitors import MONITORS
@@ -72,7 +74,9 @@ def class_weight_map(prep: Prepared) -> dict[int, float] | None:
         raise ConfigError(f"train.class_weight: {exc}") from None
 
 
-def build_model(prep: Prepared):
+def build_model(prep: Prepared, adapt: bool = True):
+    """The config's model; with ``adapt``, layers that set themselves from data see a sample
+    of the training images first (``adapt_layers``). A resumed run loads its weights instead."""
     cfg = prep.cfg
     # per-image steps go into the model only with augment_on=model; mixup/cutmix never do
     in_model, _ = split_steps(cfg.augment, cfg.augment_on, (*prep.image_size, prep.channels))
@@ -88,7 +92,28 @@ def build_model(prep: Prepared):
         model = create_model(cfg.model.name, spec)
     if cfg.model.weights and cfg.model.weights != "imagenet":
         load_weights(model, cfg.model.weights)
+    if adapt:
+        adapt_layers(model, prep)
     return model
+
+
+ADAPT_IMAGES = 5000  # the patch covariance of 5,000 images is as good as that of all
+
+
+def adapt_layers(model, prep: Prepared, count: int = ADAPT_IMAGES) -> None:
+    """Each PatchWhitening layer adapts to ``count`` training images drawn with the run's seed,
+    as they reach it at inference (after the model's own rescaling, without augmentation)."""
+    targets = [la for la in model._flatten_layers() if isinstance(la, PatchWhitening)]
+    if not targets:
+        return
+    split = prep.bundle.splits["train"]
+    picked = np.sort(np.random.default_rng(prep.cfg.seed).permutation(len(split))[:count])
+    ds = make_dataset(split.take(picked), image_size=prep.image_size, channels=prep.channels,
+                      num_classes=prep.bundle.num_classes, batch_size=500, training=False,
+                      seed=prep.cfg.seed, cache=False)
+    images = np.concatenate([x for x, _ in ds.as_numpy_iterator()])
+    for layer in targets:
+        layer.adapt(keras.Model(model.inputs, layer.input).predict(images, batch_size=500, verbose=0))
 
 
 def steps_per_epoch(prep: Prepared, batch_size: int | None = None) -> int:

@@ -189,7 +189,7 @@ def _assemble(cfg: Config, echo, state: dict | None = None, run_dir: Path | None
     dist = distribution(prep, echo)
     seed_everything(prep.cfg)
     with dist.strategy.scope():
-        model = build_model(prep)
+        model = build_model(prep, adapt=state is None)
         entered = enter_phase(model, prep, checkpoint_phase(prep.cfg.train, state))
         if state is not None:
             model.optimizer.build(model.trainable_variables)
