@@ -218,14 +218,19 @@ class Manifest:
     def closing(self, on_interrupt=None):
         """The close-out of every command that keeps a manifest: Ctrl-C or SIGTERM marks it
         interrupted and calls ``on_interrupt()`` (which says how to go on), any other exception
-        marks it failed with its first line; both go on up. Success is the caller's to close."""
-        try:
-            yield self
-        except KeyboardInterrupt:
-            interrupts.acted_on()
+        marks it failed with its first line; both go on up. Success is the caller's to close.
+        A signal the watchdog has to act on (imgclf.interrupts) closes it the same way."""
+        def interrupted():
             self.close("interrupted")
             if on_interrupt is not None:
                 on_interrupt()
+
+        try:
+            with interrupts.on_forced_stop(interrupted):
+                yield self
+        except KeyboardInterrupt:
+            interrupts.acted_on()
+            interrupted()
             raise
         except BaseException as exc:
             self.close("failed", error=f"{type(exc).__name__}: {first_line(exc)}")

@@ -246,6 +246,10 @@ class Checkpoint(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):
             return  # never checkpoint a diverged epoch
+        with interrupts.held():  # weights and state.json are one checkpoint: never one without the other
+            self._save(epoch)
+
+    def _save(self, epoch: int) -> None:
         self.dir.mkdir(exist_ok=True)
         with atomic_path(self.dir / CHECKPOINT_WEIGHTS, suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp)
