@@ -355,3 +355,19 @@ def test_runs_made_before_the_whole_set_split_rule_are_told_apart():
     assert older_split_note("0.2.0", both) is None and older_split_note(None, both) is None
     alone = DataConfig(val_split=0.2, test_split=0.0)
     assert older_split_note("0.1.0", alone) is None  # a val split alone: the same rule before and after
+
+
+def test_training_batches_mix_classes_of_a_class_sorted_split():
+    """A folder lists its files class by class; with a shuffle buffer smaller than the split,
+    every training batch must still draw from the whole split, not from two or three classes."""
+    from imgclf.data import Split
+    from imgclf.data.pipeline import make_dataset
+
+    y = np.repeat(np.arange(10), 100)  # sorted by class, as a folder's scan gives them
+    x = np.broadcast_to(y[:, None, None, None], (1000, 4, 4, 1)).astype(np.uint8)
+    split = Split(y=y, ids=list(range(1000)), x=x)
+    ds = make_dataset(split, image_size=(4, 4), channels=1, num_classes=10, batch_size=64,
+                      training=True, seed=0, shuffle_buffer=50)
+    batches = [np.argmax(labels, axis=1) for _, labels in ds.as_numpy_iterator()]
+    assert all(len(set(b)) >= 8 for b in batches[:-1])  # each batch spans (almost) every class
+    assert sorted(np.concatenate(batches)) == sorted(y)  # still each image once per epoch

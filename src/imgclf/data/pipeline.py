@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from imgclf.config import AugmentStep
@@ -105,6 +106,10 @@ def make_dataset(
     if augment and not training:
         raise ValueError("augmentation is for training datasets only")
     size = tuple(int(s) for s in image_size)
+    if training and shuffle_buffer < len(split):
+        # folders list their files class by class: a buffer smaller than the split would fill
+        # whole batches from two or three classes, so the order is shuffled in full once first
+        split = split.take(np.random.default_rng(seed).permutation(len(split)))
     labels = tf.constant(split.y, dtype=tf.int32)
     if split.files is not None:
         have = 3
