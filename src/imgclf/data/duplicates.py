@@ -22,7 +22,15 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from imgclf.data.scan import cache_file, open_quietly, printable, read_cache, unchanged, write_cache
+from imgclf.data.scan import (
+    cache_file,
+    cache_key,
+    open_quietly,
+    printable,
+    read_cache,
+    unchanged,
+    write_cache,
+)
 
 # phash bits (of 64) two images may differ in and count as near duplicates: a resize plus a
 # JPEG re-encode moves 0-4 bits, unrelated photos differ in ~32 (a chain of such pairs is one group)
@@ -75,7 +83,7 @@ def file_hashes(paths: list[Path]) -> dict[Path, Hashes | None]:
         for p, h in zip(todo, pool.map(hash_file, todo, chunksize=64)):
             out[p] = h
             if stamps[p] is not None:
-                cached[str(p.absolute())] = [*stamps[p], *((h[0], f"{h[1]:016x}") if h else (None, None))]
+                cached[cache_key(p)] = [*stamps[p], *((h[0], f"{h[1]:016x}") if h else (None, None))]
     write_cache(where, _judge(), cached)
     return out
 
