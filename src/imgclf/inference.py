@@ -23,7 +23,7 @@ import tensorflow as tf
 
 import imgclf.layers  # noqa: F401  (registers our layers: a saved model names them)
 from imgclf.errors import ConfigError, ModelError, first_line
-from imgclf.layers import AUGMENTATION_LAYERS, CaffePreprocess, caffe_preprocess_conv
+from imgclf.layers import AUGMENTATION_LAYERS, CaffePreprocess, PatchWhitening, caffe_preprocess_conv
 from imgclf.runs import atomic_path, prob_columns
 
 TTA_MODES = ("flip",)
@@ -53,8 +53,9 @@ def load_model(path: str | Path, unsafe: bool = False) -> keras.Model:
 
 
 def inference_model(model: keras.Model, float32: bool = False) -> keras.Model:
-    """``model`` as it serves: the augmentation layers left out, imgclf's CaffePreprocess
-    replaced by the same arithmetic in Keras' layers, no optimizer, the same weights (copied by
+    """``model`` as it serves: the augmentation layers left out, imgclf's CaffePreprocess and
+    PatchWhitening replaced by the same arithmetic in Keras' layers (and our initialisers by
+    Keras' own), no optimizer, the same weights (copied by
     layer name). With ``float32``, a mixed-precision model computes in float32 (ONNX and
     TFLite converters take float32 models)."""
     def call(layer, *args, **kwargs):
@@ -68,6 +69,13 @@ def inference_model(model: keras.Model, float32: bool = False) -> keras.Model:
             config["dtype"] = "float32"
         if isinstance(layer, CaffePreprocess):
             return caffe_preprocess_conv(layer.name, config.get("dtype"))
+        if isinstance(layer, PatchWhitening):  # a plain conv; its kernel and bias are copied by name
+            return keras.layers.Conv2D(layer.kernel.shape[-1], layer.kernel_size, padding="valid",
+                                       name=layer.name, dtype=config.get("dtype"))
+        for key, value in config.items():  # our initialisers (Dirac): the weights are copied anyway
+            if key.endswith("_initializer") and str((value or {}).get("registered_name", "")
+                                                    if isinstance(value, dict) else "").startswith("imgclf>"):
+                config[key] = "zeros"
         return layer.__class__.from_config(config)
 
     if isinstance(model, keras.Sequential):  # clone_model's call_function takes functional models
@@ -89,7 +97,13 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
     for layer in target.layers:
         twin = by_name.get(layer.name)
         if layer.weights and twin is not None and twin.weights:
-            layer.set_weights(twin.get_weights())
+            names = [w.name for w in layer.weights]
+            theirs = {w.name: w for w in twin.weights}
+            if len(set(names)) == len(names) == len(theirs) and set(names) == set(theirs):
+                for w in layer.weights:  # by name: a frozen kernel comes after the bias (PatchWhitening)
+                    w.assign(theirs[w.name])
+            else:
+                layer.set_weights(twin.get_weights())
 
 
 def save_inference_model(model: keras.Model, path: Path, served: keras.Model | None = None) -> keras.Model:
