@@ -73,8 +73,8 @@ def inference_model(model: keras.Model, float32: bool = False) -> keras.Model:
             return keras.layers.Conv2D(layer.kernel.shape[-1], layer.kernel_size, padding="valid",
                                        name=layer.name, dtype=config.get("dtype"))
         for key, value in config.items():  # our initialisers (Dirac): the weights are copied anyway
-            if key.endswith("_initializer") and str((value or {}).get("registered_name", "")
-                                                    if isinstance(value, dict) else "").startswith("imgclf>"):
+            if (key.endswith("_initializer") and isinstance(value, dict)
+                    and str(value.get("registered_name")).startswith("imgclf>")):
                 config[key] = "zeros"
         return layer.__class__.from_config(config)
 
