@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from imgclf.config import AugmentStep
@@ -81,8 +82,6 @@ class PatchWhitening(layers.Layer):
     def adapt(self, images, max_patches: int = 200_000, seed: int = 0) -> None:
         """Set the filters (and the bias that centres them) from ``images`` (N, H, W, C), in the
         units this layer sees; at most ``max_patches`` patches, drawn at random."""
-        import numpy as np
-
         images = np.asarray(images, dtype=np.float32)
         if not self.built:
             self.build(images.shape)
