@@ -146,6 +146,36 @@ def test_tta_flip_averages_the_mirrored_images():
     np.testing.assert_allclose(predict_probs(model, ds, "flip"), (plain + mirrored) / 2, atol=1e-6)
 
 
+def test_tta_flip_shift_weighs_six_views_as_the_fast_recipes_do():
+    """flip_shift: half on the image and its mirror, half on the four one-pixel shifts (up-left
+    and down-right, border reflected), each with and without the mirror; the same from a
+    dataset (evaluate, train) and from one batch (predict, the Python API)."""
+    import keras
+    import tensorflow as tf
+
+    from imgclf.evaluate import predict_probs
+    from imgclf.inference import batch_probs
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5, 4, 2)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    x = np.random.default_rng(1).uniform(0, 255, (5, 5, 4, 2)).astype("float32")
+    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+    up_left, down_right = padded[:, 2:, 2:], padded[:, :-2, :-2]  # x[i + 1, j + 1], x[i - 1, j - 1]
+    np.testing.assert_array_equal(up_left[:, :-1, :-1], x[:, 1:, 1:])
+
+    def p(images):
+        return model.predict(images, verbose=0).astype(np.float64)
+
+    pair = [(v, v[:, :, ::-1]) for v in (x, up_left, down_right)]
+    want = 0.25 * (p(x) + p(x[:, :, ::-1])) + 0.125 * sum(p(a) + p(b) for a, b in pair[1:])
+    want /= want.sum(axis=1, keepdims=True)
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(2)
+    np.testing.assert_allclose(predict_probs(model, ds, "flip_shift"), want, atol=1e-6)
+    np.testing.assert_allclose(batch_probs(model, x, "flip_shift"), want, atol=1e-6)
+    assert np.abs(want - p(x)).max() > 1e-3  # the views change the answer
+
+
 class _Refs(HTMLParser):
     """Every attribute that can load something, and inline CSS urls."""
 

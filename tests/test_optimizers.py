@@ -135,6 +135,23 @@ def test_lr_multiplier_scales_the_step(name, params):
             np.testing.assert_allclose(frozen[path], delta, rtol=1e-6)
 
 
+def test_weight_decay_multiplier_decouples_the_decay_from_the_rate():
+    """A 4x rate on `body` with the decay kept at 1x (the batch-norm bias trick of the fast
+    CIFAR-10 recipes): the step differs from the decay-free one by the plain decay only."""
+    w0 = {v.path: keras.ops.convert_to_numpy(v) for v in tiny_model().trainable_variables}
+    fast = {"lr_multipliers": {"body": 4.0}}
+    free = one_step_deltas(make_optimizer("sgd", 0.1, **fast))
+    kept = one_step_deltas(make_optimizer("sgd", 0.1, weight_decay=0.1,
+                                          weight_decay_multipliers={"body": 1.0}, **fast))
+    scaled = one_step_deltas(make_optimizer("sgd", 0.1, weight_decay=0.1, **fast))
+    for path in w0:
+        np.testing.assert_allclose(kept[path] - free[path], -0.01 * w0[path], rtol=1e-4, atol=1e-7)
+        decay = 4.0 if path.startswith("body/") else 1.0  # by default the decay follows the rate
+        np.testing.assert_allclose(scaled[path] - free[path], -0.01 * decay * w0[path], rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match=r"weight_decay_multipliers\['body'\]=-1"):
+        make_optimizer("sgd", 0.1, weight_decay_multipliers={"body": -1})
+
+
 def test_multiplier_patterns():
     mults = {"head": 2.0, "block*": 0.5, "backbone": 0.1}
     assert multiplier_for("backbone/block1/kernel", mults) == 0.5  # first matching pattern wins

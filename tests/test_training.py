@@ -179,13 +179,14 @@ def test_a_resume_right_after_the_batch_grew_trains_at_the_new_size(tmp_path, mo
     assert history(run)["batch_size"].tolist() == [8, 32, 32]
 
 
-def test_an_lr_multiplier_pattern_that_matches_no_layer_is_one_line(tmp_path):
+@pytest.mark.parametrize("key", ["lr_multipliers", "weight_decay_multipliers"])
+def test_an_lr_multiplier_pattern_that_matches_no_layer_is_one_line(tmp_path, key):
     # a typo would otherwise train every layer at the base rate without a word
-    result = train(*sets(FAST), "--set", "train.optimizer.lr_multipliers={'haed_*': 0.5}",
+    result = train(*sets(FAST), "--set", f"train.optimizer.{key}={{'haed_*': 0.5}}",
                    "--out", str(tmp_path))
     assert result.exit_code == 2
     line = result.output.strip().splitlines()[-1]
-    assert line.startswith("imgclf: error: train.optimizer.lr_multipliers:") and "haed_*" in line
+    assert line.startswith(f"imgclf: error: train.optimizer.{key}:") and "haed_*" in line
     assert "head_dense0" in line  # the names it could have meant
     assert not list(tmp_path.iterdir())
 

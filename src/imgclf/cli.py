@@ -17,6 +17,9 @@ from imgclf import interrupts
 from imgclf._tf import import_tensorflow
 from imgclf.errors import ConfigError, ImgclfError, ModelError
 
+TTA_HELP = ("Test-time augmentation: flip (average with the mirrored image) or flip_shift (the "
+            "image and its mirror, each also shifted one pixel up-left and down-right: 6 views)")
+
 
 class _FlagsTakeNoValue:
     """Typer's rich help shows a boolean flag (--unsafe, --help) with a <bool> metavar, as if it
@@ -244,9 +247,8 @@ def evaluate(
         None, "--data", help="Evaluate on this data instead: a folder of class folders (or with "
         "train/ val/ test/), or the run's array source read from this path."),
     split: str | None = typer.Option(None, "--split", help="val or test (default: test if there is one)."),
-    tta: str | None = typer.Option(None, "--tta", help="Test-time augmentation: flip (average with "
-                                   "the mirrored image); an ensemble's members otherwise use their "
-                                   "own train.tta."),
+    tta: str | None = typer.Option(None, "--tta", help=TTA_HELP + "; an ensemble's members otherwise "
+                                   "use their own train.tta."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Average the probabilities of all the "
                                   "runs given; writes a run directory of its own."),
     name: str | None = typer.Option(None, "--name", help="Folder under RUN_DIR/eval/ (default: the split)."),
@@ -281,7 +283,7 @@ def predict(
     output: Path | None = typer.Option(None, "--output", "-o", help="FILE.csv or FILE.json "
                                        "(default: CSV on stdout)."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per batch."),
-    tta: str | None = typer.Option(None, "--tta", help="Test-time augmentation: flip."),
+    tta: str | None = typer.Option(None, "--tta", help=TTA_HELP + "."),
     unsafe: bool = typer.Option(False, "--unsafe", help=UNSAFE_HELP),
 ) -> None:
     """Top-k classes for every image, one row per file in sorted order; a file that does not

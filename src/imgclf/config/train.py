@@ -20,7 +20,9 @@ OPTIMIZER_PARAMS: dict[str, tuple[str, ...]] = {
     "radam": ("beta_1", "beta_2", "epsilon"),
     "ranger": ("beta_1", "beta_2", "epsilon", "k", "alpha"),
 }
-OPTIMIZER_COMMON = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "lr_multipliers")
+OPTIMIZER_COMMON = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "lr_multipliers",
+                    "weight_decay_multipliers")
+MULTIPLIER_KEYS = ("lr_multipliers", "weight_decay_multipliers")
 
 
 def _takers(table: dict, key: str) -> list[str]:
@@ -44,6 +46,8 @@ class OptimizerConfig(Section):
     clipvalue: Float | None = Field(None, gt=0.0)
     global_clipnorm: Float | None = Field(None, gt=0.0)
     lr_multipliers: dict[str, Annotated[Float, Field(ge=0.0)]] = Field(default_factory=dict)
+    # decoupled weight decay per pattern (default: the variable's lr multiplier)
+    weight_decay_multipliers: dict[str, Annotated[Float, Field(ge=0.0)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _keys_fit_the_optimizer(self):
@@ -60,10 +64,9 @@ class OptimizerConfig(Section):
 
     def params(self) -> dict:
         """The optimizer's keyword arguments: the keys that are set, lr excluded."""
-        out = {k: v for k, v in self.model_dump(exclude={"name", "lr", "lr_multipliers"}).items()
+        out = {k: v for k, v in self.model_dump(exclude={"name", "lr", *MULTIPLIER_KEYS}).items()
                if v is not None}
-        if self.lr_multipliers:
-            out["lr_multipliers"] = dict(self.lr_multipliers)
+        out.update({k: dict(getattr(self, k)) for k in MULTIPLIER_KEYS if getattr(self, k)})
         return out
 
 
@@ -167,7 +170,7 @@ class TrainConfig(Section):
     class_weight: Literal["balanced"] | dict[str, Annotated[Float, Field(ge=0.0)]] | None = None
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     batch_size_schedule: list[BatchGrowth] = Field(default_factory=list)
-    tta: Literal["flip"] | None = None
+    tta: Literal["flip", "flip_shift"] | None = None
     calibration: Literal["temperature"] | None = None
     tensorboard: bool = False
     deterministic: bool = False

@@ -24,16 +24,18 @@ def compile_model(model, t: TrainConfig, steps: int, epochs: int | None = None) 
         optimizer = make_optimizer(t.optimizer.name, lr, **t.optimizer.params())
     except ValueError as exc:
         raise ConfigError(f"train.optimizer: {exc}") from None
-    if t.optimizer.lr_multipliers:
+    if t.optimizer.lr_multipliers or t.optimizer.weight_decay_multipliers:
         optimizer.variable_paths = qualified_paths(model)
-        check_lr_multipliers(model, t.optimizer.lr_multipliers, optimizer.variable_paths)
+        for key in ("lr_multipliers", "weight_decay_multipliers"):
+            check_lr_multipliers(model, getattr(t.optimizer, key), optimizer.variable_paths, key)
     loss = make_loss(t.loss.name, label_smoothing=t.loss.label_smoothing, alpha=t.loss.alpha,
                      gamma=t.loss.gamma)
     # a mixed_float16 model gets Keras' LossScaleOptimizer around the optimizer (auto_scale_loss)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=t.jit_compile)
 
 
-def check_lr_multipliers(model, multipliers: dict, qualified: dict[str, str]) -> None:
+def check_lr_multipliers(model, multipliers: dict, qualified: dict[str, str],
+                         key: str = "lr_multipliers") -> None:
     """Refuse a pattern that matches no variable of the model (frozen ones count: a phase may
     unfreeze them), which would otherwise leave every layer at the base rate in silence."""
     paths = [qualified.get(v.path, v.path) for v in model.weights]
@@ -42,6 +44,6 @@ def check_lr_multipliers(model, multipliers: dict, qualified: dict[str, str]) ->
             layers = sorted({path.rsplit("/", 1)[0] for path in paths})
             shown = ", ".join(layers[:12]) + (", ..." if len(layers) > 12 else "")
             raise ConfigError(
-                f"train.optimizer.lr_multipliers: pattern {pattern!r} matches no layer of {model.name} "
-                f"(layers: {shown}). Received: lr_multipliers[{pattern!r}]={multipliers[pattern]!r}"
+                f"train.optimizer.{key}: pattern {pattern!r} matches no layer of {model.name} "
+                f"(layers: {shown}). Received: {key}[{pattern!r}]={multipliers[pattern]!r}"
             )

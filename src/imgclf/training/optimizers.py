@@ -160,19 +160,24 @@ class Ranger(RAdam):
 
 
 class LrMultipliers:
-    """Mixin: scale the learning rate (and decoupled weight decay) per variable by glob pattern."""
+    """Mixin: scale the learning rate per variable by glob pattern, and its decoupled weight
+    decay by the same multiplier, or by its own where `weight_decay_multipliers` has a match."""
 
-    def __init__(self, *args, lr_multipliers=None, **kwargs):
+    def __init__(self, *args, lr_multipliers=None, weight_decay_multipliers=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.lr_multipliers = check_lr_multipliers(lr_multipliers)
+        self.weight_decay_multipliers = check_lr_multipliers(weight_decay_multipliers,
+                                                             "weight_decay_multipliers")
         self.variable_paths: dict[str, str] = {}  # variable path -> path with nested model names
 
     def build(self, var_list):
         if self.built:
             return
         super().build(var_list)
-        self._multipliers = [multiplier_for(self.variable_paths.get(v.path, v.path), self.lr_multipliers)
-                             for v in var_list]
+        paths = [self.variable_paths.get(v.path, v.path) for v in var_list]
+        self._multipliers = [multiplier_for(p, self.lr_multipliers) for p in paths]
+        self._decay_multipliers = [multiplier_for(p, self.weight_decay_multipliers, default=m)
+                                   for p, m in zip(paths, self._multipliers)]
 
     def _multiplier(self, variable) -> float:
         return self._multipliers[self._get_variable_index(variable)]
@@ -184,33 +189,30 @@ class LrMultipliers:
         mult = self._multiplier(variable)
         if mult == 0.0:
             return
-        lr = ops.cast(learning_rate, variable.dtype)
-        if mult != 1.0:
-            lr = lr * mult
+        base = ops.cast(learning_rate, variable.dtype)
         index = self._get_variable_index(variable)
         if self.weight_decay is not None and self._use_weight_decay(self._trainable_variables[index]):
             wd = ops.cast(self.weight_decay, variable.dtype)
-            self.assign_sub(variable, variable * wd * lr)
-        super().update_step(gradient, variable, lr)
+            self.assign_sub(variable, variable * wd * base * self._decay_multipliers[index])
+        super().update_step(gradient, variable, base * mult if mult != 1.0 else base)
 
     def get_config(self):
         config = super().get_config()
         config["lr_multipliers"] = dict(self.lr_multipliers)
+        config["weight_decay_multipliers"] = dict(self.weight_decay_multipliers)
         return config
 
 
-def check_lr_multipliers(value) -> dict[str, float]:
+def check_lr_multipliers(value, key: str = "lr_multipliers") -> dict[str, float]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError(f"`lr_multipliers` must map layer-name patterns to numbers. Received: {value!r}")
+        raise ValueError(f"`{key}` must map layer-name patterns to numbers. Received: {value!r}")
     out = {}
     for pattern, mult in value.items():
         ok = isinstance(mult, (int, float)) and not isinstance(mult, bool) and math.isfinite(mult)
         if not isinstance(pattern, str) or not ok or mult < 0:
-            raise ValueError(
-                f"`lr_multipliers` needs pattern: number >= 0. Received: lr_multipliers[{pattern!r}]={mult!r}"
-            )
+            raise ValueError(f"`{key}` needs pattern: number >= 0. Received: {key}[{pattern!r}]={mult!r}")
         out[pattern] = float(mult)
     return out
 
@@ -233,14 +235,14 @@ def qualified_paths(model) -> dict[str, str]:
     return out
 
 
-def multiplier_for(path: str, multipliers: dict[str, float]) -> float:
-    """The multiplier of the first pattern that matches the variable `path`, else 1.0."""
+def multiplier_for(path: str, multipliers: dict[str, float], default: float = 1.0) -> float:
+    """The multiplier of the first pattern that matches the variable `path`, else `default`."""
     layer_path = path.rsplit("/", 1)[0] if "/" in path else path
     names = [path, layer_path, *layer_path.split("/")]
     for pattern, mult in multipliers.items():
         if any(fnmatchcase(n, pattern) for n in names):
             return mult
-    return 1.0
+    return default
 
 
 def with_lr_multipliers(base: type) -> type:
@@ -286,7 +288,7 @@ def make_optimizer(name: str, learning_rate, **params):
         )
     if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
         learning_rate = float(learning_rate)
-    multipliers = params.pop("lr_multipliers", None)
-    if multipliers:
-        return WITH_MULTIPLIERS[name](learning_rate=learning_rate, lr_multipliers=multipliers, **params)
+    multipliers = {k: params.pop(k) for k in ("lr_multipliers", "weight_decay_multipliers") if k in params}
+    if any(multipliers.values()):
+        return WITH_MULTIPLIERS[name](learning_rate=learning_rate, **multipliers, **params)
     return BASES[name](learning_rate=learning_rate, **params)
