@@ -15,9 +15,10 @@ HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HYMENOPTERA.is_dir(), reason=f"{HYMENOPTERA} not present")
-def test_folder_config_on_real_photos(tmp_path):
+@pytest.mark.parametrize("config", ["folder.yaml", "photos.yaml"])
+def test_folder_config_on_real_photos(tmp_path, config):
     result = CliRunner().invoke(app, [
-        "train", "--config", str(ROOT / "configs/folder.yaml"),
+        "train", "--config", str(ROOT / "configs" / config),
         "--set", f"data.path={HYMENOPTERA}", "--set", "train.epochs=2",
         "--set", "data.image_size=[64,64]", "--set", "train.verbose=0", "--out", str(tmp_path),
     ])
