@@ -9,7 +9,6 @@ only the files that changed.
 
 from __future__ import annotations
 
-import gc
 import importlib.metadata as md
 import itertools
 import operator
@@ -25,7 +24,7 @@ from pathlib import Path
 from PIL import Image
 
 from imgclf._tf import import_tensorflow
-from imgclf.data.cache import cache_file, cache_keys, read_columns, stamp, write_cache
+from imgclf.data.cache import cache_file, cache_keys, no_gc, read_columns, stamp, write_cache
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 # larger images are skipped unread: a few MB of PNG can hold a 50,000 x 50,000 image (7.5 GB
@@ -59,7 +58,7 @@ def find_images(folder: Path) -> list[Path]:
     """Image files under ``folder``, recursively, in sorted order (pathlib's, part by part);
     hidden files and folders are skipped and symlinked folders are not followed (no loops)."""
     paths, keys = [], []
-    with _no_gc():
+    with no_gc():
         for top, names in _walk(os.fspath(folder)):
             paths += _children(Path(top), names)
             # sorted as strings, NUL for the separator (no name holds one): the order of Path's
@@ -67,20 +66,6 @@ def find_images(folder: Path) -> list[Path]:
             prefix = os.path.join(top, "").replace(os.sep, "\0")
             keys += [prefix + name for name in names]
         return [paths[i] for i in sorted(range(len(keys)), key=keys.__getitem__)]
-
-
-@contextmanager
-def _no_gc():
-    """Python's cycle collector paused: the 60,000 paths, names and cache entries of a scan hold
-    no cycles, yet their allocation sets it off again and again over all the objects alive (a
-    cached scan of CIFAR-10 took three times as long with it running)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _walk(folder: str) -> list[tuple[str, list[str]]]:
@@ -125,13 +110,16 @@ def _children(parent: Path, names: list[str]) -> list[Path]:
     if make is None or not names:
         return [parent / name for name in names]
     paths = list(map(make, names))
-    if sys.version_info < (3, 12) and hasattr(paths[0], "_str"):
+    if sys.version_info < (3, 12):
         # Python 3.12's children keep their text, as Path(text) does; before 3.12, each str()
         # joins the parts again (0.08 s at 60,000, for the scan's cache keys). A child's text is
         # its parent's part and its name: the part is taken from pathlib's own text of the first
         prefix = str(paths[0])[: -len(names[0])]
-        for p, name in zip(paths, names):
-            p._str = prefix + name
+        try:
+            for p, name in zip(paths, names):
+                p._str = prefix + name
+        except AttributeError:  # a pathlib without that slot: str() makes the text
+            pass
     return paths
 
 
@@ -180,7 +168,7 @@ def unreadable_images(paths: list[Path]) -> list[tuple[Path, str]]:
 
 def _verdicts(paths: list[Path]) -> tuple[list[str | None], list[int]]:
     """(each path's verdict; the indices of those decoded, not found in the cache)."""
-    with _no_gc():  # not while TensorFlow decodes, below
+    with no_gc():  # not while TensorFlow decodes, below
         keys = cache_keys(paths)
         where = cache_file(paths, keys=keys)
         cached, columns = read_columns(where, _judge(), 6)  # [*stamp, verdict, header]
