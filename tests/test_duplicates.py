@@ -143,7 +143,7 @@ def test_dedupe_split_keeps_each_group_in_one_split(tmp_path):
 def test_second_inspect_reuses_the_cached_hashes(dirty, tmp_path, monkeypatch):
     inspect(dirty, "--out", tmp_path / "first")
     files = sorted(dirty.rglob("*.*"))
-    cached = json.loads(cache_file(files, "hashes").read_text())["files"]
+    cached = json.loads(cache_file(files, "hashes").read_text())["keys"]
     assert {str(p) for p in files} <= set(cached)
 
     def refuse(path):

@@ -22,15 +22,8 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from imgclf.data.scan import (
-    cache_file,
-    cache_key,
-    open_quietly,
-    printable,
-    read_cache,
-    unchanged,
-    write_cache,
-)
+from imgclf.data.cache import cache_file, cache_key, read_cache, unchanged, write_cache
+from imgclf.data.scan import open_quietly, printable
 
 # phash bits (of 64) two images may differ in and count as near duplicates: a resize plus a
 # JPEG re-encode moves 0-4 bits, unrelated photos differ in ~32 (a chain of such pairs is one group)
