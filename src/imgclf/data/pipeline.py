@@ -71,17 +71,22 @@ def _plan_for(w: int, h: int, size: tuple[int, int]) -> tuple[int, str]:
     return ratio, resize_mode(-(-h // ratio), -(-w // ratio), size)  # libjpeg rounds a scaled side up
 
 
-def decode_files(files: Sequence[str], size: tuple[int, int]) -> tf.data.Dataset:
-    """uint8 images at ``size`` of ``files``, in order, as decode_image gives them. Where every
-    file is a JPEG that decodes and resizes alike (by the headers the scan read: a set such as
-    CIFAR's 32x32 JPEGs), through one branch-free map; decode_image's branches cost as much as
-    decoding a 32x32 JPEG. Photos of many sizes go through decode_image itself: splitting them
-    into alike groups and merging those back cost more than the branches (benchmarks/decode.py)."""
+def decode_files(files: Sequence[str], size: tuple[int, int], labels=None) -> tf.data.Dataset:
+    """uint8 images at ``size`` of ``files``, in order, as decode_image gives them; with
+    ``labels``, (image, label) pairs from the same map (a zip of two datasets cost CIFAR's
+    32x32 JPEGs a third of their decode rate: benchmarks/decode.py). Where every file is a JPEG
+    that decodes and resizes alike (by the headers the scan read: a set such as CIFAR's),
+    through one branch-free map; decode_image's branches cost as much as decoding a 32x32 JPEG.
+    Photos of many sizes go through decode_image itself: splitting them into alike groups and
+    merging those back cost more than the branches."""
     size = tuple(size)
     plans = {_plan(f, size) for f in files}
     one = next(iter(plans)) if len(plans) == 1 else None
     decode = planned_decoder(*one, size) if one is not None else (lambda p: decode_image(p, size))
-    return tf.data.Dataset.from_tensor_slices(list(files)).map(decode, num_parallel_calls=AUTOTUNE)
+    if labels is None:
+        return tf.data.Dataset.from_tensor_slices(list(files)).map(decode, num_parallel_calls=AUTOTUNE)
+    return tf.data.Dataset.from_tensor_slices((list(files), labels)).map(
+        lambda path, y: (decode(path), y), num_parallel_calls=AUTOTUNE)
 
 
 def make_dataset(
@@ -113,8 +118,7 @@ def make_dataset(
     labels = tf.constant(split.y, dtype=tf.int32)
     if split.files is not None:
         have = 3
-        ds = tf.data.Dataset.zip(decode_files(list(split.files), size),
-                                 tf.data.Dataset.from_tensor_slices(labels))
+        ds = decode_files(list(split.files), size, labels)
     else:
         have = int(split.x.shape[-1])
         ds = tf.data.Dataset.from_tensor_slices((split.x, labels))
