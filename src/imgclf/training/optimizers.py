@@ -179,18 +179,15 @@ class LrMultipliers:
         self._decay_multipliers = [multiplier_for(p, self.weight_decay_multipliers, default=m)
                                    for p, m in zip(paths, self._multipliers)]
 
-    def _multiplier(self, variable) -> float:
-        return self._multipliers[self._get_variable_index(variable)]
-
     def _apply_weight_decay(self, variables):
         """Decay happens in update_step instead, where the variable's multiplier is known."""
 
     def update_step(self, gradient, variable, learning_rate):
-        mult = self._multiplier(variable)
+        index = self._get_variable_index(variable)
+        mult = self._multipliers[index]
         if mult == 0.0:
             return
         base = ops.cast(learning_rate, variable.dtype)
-        index = self._get_variable_index(variable)
         if self.weight_decay is not None and self._use_weight_decay(self._trainable_variables[index]):
             wd = ops.cast(self.weight_decay, variable.dtype)
             self.assign_sub(variable, variable * wd * base * self._decay_multipliers[index])
