@@ -11,7 +11,7 @@ import pytest
 
 import imgclf.data.scan as scan
 from conftest import pattern_image, write_class_folder
-from imgclf.data.cache import cache_file, read_cache, write_cache
+from imgclf.data.cache import cache_file, read_cache, summary_file, write_cache
 
 
 @pytest.fixture
@@ -91,6 +91,7 @@ def test_a_cache_of_another_version_or_a_damaged_one_is_not_used(tmp_path, count
     assert read_cache(where, scan._judge(), 6).keys() == stamps.keys()  # rewritten in columns
     for damaged in ("{", json.dumps({"judge": scan._judge(), "keys": [1], "columns": [[1]] * 6})):
         where.write_text(damaged)
+        summary_file(where).unlink()  # else the summary answers alone (the test below)
         assert scan.unreadable_images(files) == []
     assert len(counted) == 3
 
@@ -101,3 +102,29 @@ def test_the_cache_keeps_any_width_of_entries(tmp_path):
     write_cache(where, {"v": 1}, entries)
     assert read_cache(where, {"v": 1}, 6) == entries
     assert read_cache(where, {"v": 2}, 6) == {} and read_cache(where, {"v": 1}, 5) == {}
+
+
+def test_the_summary_answers_an_unchanged_folder_alone_and_nothing_else(tmp_path, counted):
+    root = write_class_folder(tmp_path / "data", {"a": 2, "b": 2})
+    (root / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n but no more")
+    files = scan.find_images(root)
+    first = scan.unreadable_images(files)
+    assert [p.name for p, _ in first] == ["bad.png"] and len(counted) == 1
+    mine = [str(p.absolute()) for p in files if p.name != "bad.png"]
+    headers = {k: scan.HEADERS[k] for k in mine}
+
+    where = cache_file(files)
+    where.write_text("{")  # the cache damaged: the summary of the same files and stamps answers
+    scan.HEADERS.clear()
+    assert scan.unreadable_images(files) == first and len(counted) == 1
+    assert scan.HEADERS == headers and all(type(h) is tuple for h in headers.values())
+
+    summary_file(where).write_text('{"digest": "x"')  # both damaged: everything is decoded again
+    assert scan.unreadable_images(files) == first and len(counted) == 2
+    good = [p for p in files if p.name != "bad.png"]
+    assert scan.unreadable_images(good) == [] and len(counted) == 2  # another list: the cache answers
+
+    victim = files[0]  # rewritten: its stamp seals another digest
+    victim.write_bytes(b"gone")
+    again = scan.unreadable_images(files)
+    assert counted[2:] == [[victim.name]] and [p for p, _ in again] == [victim, root / "b" / "bad.png"]
