@@ -34,6 +34,19 @@ def test_patch_whitening_makes_patches_uncorrelated():
     assert abs(np.corrcoef(before, rowvar=False)[0, 1]) > 0.5  # the input was correlated
 
 
+def test_patch_whitening_is_the_same_in_any_input_units():
+    """0..1 pixels or standardised ones: epsilon counts in the patches' variance, so the faint
+    directions are kept alike (an absolute one damps them the more, the smaller the units)."""
+    images = correlated_images()
+    standard, unit = PatchWhitening(2), PatchWhitening(2)
+    standard.adapt(images)
+    unit.adapt(images / 255.0)
+    def lengths(layer, x):  # each patch's whitened length: free of the eigenvectors' sign and order
+        return np.linalg.norm(keras.ops.convert_to_numpy(layer(x))[..., :12], axis=-1)
+
+    np.testing.assert_allclose(lengths(unit, images / 255.0), lengths(standard, images), rtol=1e-3)
+
+
 def test_patch_whitening_kernel_does_not_train_and_saves(tmp_path):
     inputs = keras.Input((12, 12, 3))
     model = keras.Model(inputs, layers.Dense(2)(layers.Flatten()(PatchWhitening(2)(inputs))))
