@@ -25,24 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_FOLDER = ROOT.parent / "shared" / "datasets" / "cifar10"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CIFAR10_DIR, image_folder  # noqa: E402
 
 
-def load(folder: Path, split: str, classes: list[str]):
+def load(folder: Path):
+    """uint8 images (N, 32, 32, 3) and class indices of folder/<class>/, as ImageFolder lists them."""
     from PIL import Image
 
-    xs, ys = [], []
-    for i, c in enumerate(classes):
-        for f in sorted((folder / split / c).glob("*.jpg")):
-            xs.append(np.asarray(Image.open(f).convert("RGB")))
-            ys.append(i)
-    return np.stack(xs), np.array(ys)
+    samples = image_folder(folder)
+    images = np.stack([np.asarray(Image.open(path).convert("RGB")) for path, _ in samples])
+    return images, np.array([label for _, label in samples])
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
+    ap.add_argument("--folder", type=Path, default=CIFAR10_DIR)
     ap.add_argument("--widths", default="32,128,128", help="the three conv pairs' widths")
     ap.add_argument("--epochs", type=float, default=6)
     ap.add_argument("--seed", type=int, default=2)
@@ -53,13 +51,14 @@ def main(argv=None) -> int:
     import torch.nn.functional as F
     from torch import nn
 
+    from imgclf.models.fastnet import LOGIT_SCALE
+
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
     widths = [int(w) for w in args.widths.split(",")]
-    classes = sorted(p.name for p in (args.folder / "train").iterdir() if p.is_dir())
     start = time.time()
-    xtr, ytr = load(args.folder, "train", classes)
-    xte, yte = load(args.folder, "test", classes)
+    xtr, ytr = load(args.folder / "train")
+    xte, yte = load(args.folder / "test")
     keep = np.random.default_rng(args.seed).permutation(len(xtr))[2000:]
 
     def tensor(x):
@@ -85,7 +84,7 @@ def main(argv=None) -> int:
 
     class Scale(nn.Module):
         def forward(self, x):
-            return x / 9
+            return x * LOGIT_SCALE
 
     def pair(cin, cout):
         return [Conv(cin, cout), nn.MaxPool2d(2), BatchNorm(cout), nn.GELU(),

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 IDX_DIR = Path(os.environ.get("IMGCLF_FMNIST", "/usr/share/datasets/fashion-mnist"))
 FMNIST_CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 FMNIST_BEST = ROOT / "configs" / "fashion_mnist_best.yaml"
+CIFAR10_DIR = ROOT.parent / "shared" / "datasets" / "cifar10"
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -101,3 +102,12 @@ def matmul_flops(sizes=(1024, 2048, 4096), seconds: float = 2.0) -> dict[int, fl
         c.numpy()
         out[n] = 2 * n**3 * reps / (time.perf_counter() - start)
     return out
+
+
+def image_folder(root: Path):
+    """(path, class index) of every image under root/<class>/, classes and files sorted, as
+    torchvision's ImageFolder lists them."""
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    return [(str(p), i) for i, c in enumerate(classes)
+            for p in sorted((root / c).rglob("*")) if p.suffix.lower() in exts]

@@ -42,10 +42,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, alternate, report, timed, train_flops  # noqa: E402
+from common import CIFAR10_DIR, ROOT, alternate, image_folder, report, timed, train_flops  # noqa: E402
 
 CIFAR10_CONFIG = ROOT / "configs" / "cifar10.yaml"
-CIFAR10_DIR = ROOT.parent / "shared" / "datasets" / "cifar10"
 
 
 def keras_setup(config: list[str], overrides: list[str], train_images: int):
@@ -112,15 +111,6 @@ def in_memory(ds):
 def fill_cache(ds) -> int:
     """Read ``ds`` once to its end, so its cache is complete; returns the images read."""
     return sum(int(x.shape[0]) for x, _ in ds)
-
-
-def image_folder(root: Path):
-    """(path, class index) of every image under root/<class>/, classes and files sorted, as
-    torchvision's ImageFolder lists them."""
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    return [(str(p), i) for i, c in enumerate(classes)
-            for p in sorted((root / c).rglob("*")) if p.suffix.lower() in exts]
 
 
 def torch_rate(train_dir: Path, filters: list[int], batch: int, steps: int, skip: int, lr: float,
