@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+import imgclf  # noqa: F401  (before TensorFlow: its CPU settings, oneDNN on, hold for every figure here)
+
 ROOT = Path(__file__).resolve().parent.parent
 IDX_DIR = Path(os.environ.get("IMGCLF_FMNIST", "/usr/share/datasets/fashion-mnist"))
 FMNIST_CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
