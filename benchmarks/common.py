@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 IDX_DIR = Path(os.environ.get("IMGCLF_FMNIST", "/usr/share/datasets/fashion-mnist"))
 FMNIST_CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 FMNIST_BEST = ROOT / "configs" / "fashion_mnist_best.yaml"
+CIFAR10_CONFIG = ROOT / "configs" / "cifar10.yaml"
 CIFAR10_DIR = ROOT.parent / "shared" / "datasets" / "cifar10"
 
 

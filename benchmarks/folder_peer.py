@@ -42,9 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CIFAR10_DIR, ROOT, alternate, image_folder, report, timed, train_flops  # noqa: E402
-
-CIFAR10_CONFIG = ROOT / "configs" / "cifar10.yaml"
+from common import CIFAR10_CONFIG, CIFAR10_DIR, alternate, image_folder, report, timed, train_flops  # noqa: E402
 
 
 def keras_setup(config: list[str], overrides: list[str], train_images: int):

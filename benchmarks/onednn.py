@@ -23,9 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CIFAR10_DIR, FMNIST_CONFIG, IDX_DIR, ROOT, matmul_flops, train_flops  # noqa: E402
-
-CIFAR10_CONFIG = ROOT / "configs" / "cifar10.yaml"
+from common import CIFAR10_CONFIG, CIFAR10_DIR, FMNIST_CONFIG, IDX_DIR, matmul_flops, train_flops  # noqa: E402
 
 
 def child(config: list[str], overrides: list[str], steps: int, skip: int) -> dict:

@@ -258,7 +258,7 @@ def test_help_shows_flags_without_a_value_and_whole_sentences():
 
 @pytest.mark.parametrize("preset, expected", [(None, True), ("0", False)])
 def test_onednn_kernels_are_on_unless_the_user_says_0(preset, expected):
-    # TensorFlow leaves its oneDNN kernels off on AVX2 CPUs, where they train 1.5-1.9x faster;
+    # TensorFlow leaves its oneDNN kernels off on AVX2 CPUs, where they train 1.4-1.9x faster;
     # imgclf turns them on before TensorFlow loads, and run.json records what TensorFlow ran
     env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     if preset is not None:

@@ -7,7 +7,7 @@ so `imgclf --help` never waits for it.
 import os
 
 # TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX512_VNNI and newer; on an
-# AVX2 CPU they train convolutions 1.5-1.9x faster than its default Eigen ones (README,
+# AVX2 CPU they train convolutions 1.4-1.9x faster than its default Eigen ones (README,
 # Performance). Read once, when TensorFlow loads: set before it, and a user's own 0 wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
