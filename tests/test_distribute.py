@@ -320,18 +320,22 @@ class StopAfter(__import__("keras").callbacks.Callback):
             self.model.stop_training = True
 
 
-def test_the_multi_worker_loop_gives_what_fit_gives():
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_the_multi_worker_loop_gives_what_fit_gives(use_ema):
     """fit_loop under the default strategy, against Keras' fit on the same model, data and
-    class weights: the same logs (keys and values), weights, and a stop_training honoured."""
+    class weights: the same logs (keys and values), weights, and a stop_training honoured;
+    with use_ema, validated with the weight average and ending with it as fit does."""
     import keras
     import tensorflow as tf
 
     from imgclf.config import load_config
     from imgclf.training import setup as trainer
+    from imgclf.training.callbacks import AverageIn, AverageOut
     from imgclf.training.distribute import fit_loop
 
     recipe = [*FAST, "data.shuffle_buffer=1", "model.dropout=0", "train.class_weight={'0': 3.0, '1': 0.5}",
-              "train.epochs=3"]
+              "train.epochs=3", *(["train.optimizer.use_ema=true", "train.optimizer.ema_momentum=0.5"]
+                                  if use_ema else [])]
     prep = trainer.prepare(load_config([], recipe))
     data = trainer.datasets(prep)
     class_weight = trainer.class_weight_map(prep)
@@ -340,7 +344,11 @@ def test_the_multi_worker_loop_gives_what_fit_gives():
         trainer.seed_everything(prep.cfg)
         model = trainer.build_model(prep)
         trainer.enter_phase(model, prep, 2)
-        kwargs = dict(validation_data=data["val"], epochs=3, callbacks=[StopAfter(2)], verbose=0,
+        callbacks = [StopAfter(2)]
+        if use_ema:
+            average = AverageIn()
+            callbacks = [average, *callbacks, AverageOut(average)]
+        kwargs = dict(validation_data=data["val"], epochs=3, callbacks=callbacks, verbose=0,
                       class_weight=class_weight)
         if loop == "fit":
             history = model.fit(data["train"], **kwargs)

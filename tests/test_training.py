@@ -292,3 +292,100 @@ def test_a_long_epoch_logged_a_line_at_a_time_says_where_it_is_every_minute():
         now[0] += 1.0
         beat.on_train_batch_end(step, {"loss": 1.0})
     assert lines == []  # a short epoch: only Keras' own line at its end
+
+
+def test_weight_averaging_validates_and_keeps_the_average_while_training_goes_on():
+    """use_ema: each epoch is validated and judged by the weights' moving average, the model
+    ends as that average, and the trained weights go on undisturbed underneath."""
+    import keras
+
+    from imgclf.training.callbacks import AverageIn, AverageOut
+    from imgclf.training.optimizers import make_optimizer
+
+    rng = np.random.default_rng(0)
+    x, xv = rng.normal(size=(64, 3)).astype("float32"), rng.normal(size=(16, 3)).astype("float32")
+    y, yv = (np.eye(2, dtype="float32")[(a[:, 0] > 0).astype(int)] for a in (x, xv))
+
+    class Weights(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seen.append([w.copy() for w in self.model.get_weights()])
+
+    def fit(callbacks):
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+        model.compile(make_optimizer("sgd", 0.5, use_ema=True, ema_momentum=0.8), "categorical_crossentropy")
+        logs = model.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0, callbacks=callbacks,
+                         validation_data=(xv, yv)).history
+        return model, logs
+
+    plain = Weights()
+    _, _ = fit([plain])
+    average = AverageIn()
+    judged, trained = Weights(), Weights()
+    model, logs = fit([average, judged, AverageOut(average), trained])
+    for epoch in range(3):
+        for raw, under in zip(plain.seen[epoch], trained.seen[epoch]):
+            np.testing.assert_allclose(under, raw, rtol=1e-5, atol=1e-7)  # training is not disturbed
+        assert not np.allclose(judged.seen[epoch][0], trained.seen[epoch][0])  # the average differs
+    for final, avg in zip(model.get_weights(), judged.seen[-1]):
+        np.testing.assert_allclose(final, avg, rtol=1e-5, atol=1e-7)
+    assert logs["val_loss"][-1] == pytest.approx(model.evaluate(xv, yv, verbose=0), rel=1e-5)
+
+
+def test_train_with_use_ema_saves_the_average_it_validated(tmp_path):
+    run = run_dir_of(train(*sets(FAST + NO_STOP + ["train.optimizer.use_ema=true",
+                                                   "train.optimizer.ema_momentum=0.5"]),
+                           "--out", str(tmp_path)))
+    h = history(run)
+    best = h.loc[h["val_loss"].idxmin()]
+    # the run's own val figures come from model.keras: the average of the best epoch
+    val = json.loads((run / "metrics.json").read_text())["val"]
+    assert val["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
+    bad = train(*sets(FAST + ["train.optimizer.ema_momentum=0.9"]), "--out", str(tmp_path / "bad"))
+    assert bad.exit_code != 0
+    assert "ema_momentum applies only with use_ema: true" in bad.output
+    assert "Traceback" not in bad.output
+
+
+def test_a_checkpoint_under_use_ema_keeps_the_trained_weights_and_their_average(tmp_path):
+    """The checkpoint holds the weights training goes on from, and the average beside them, as
+    a resume loads them (optimizer built, then load_weights)."""
+    import keras
+
+    from imgclf.training.callbacks import (
+        CHECKPOINT_DIR,
+        CHECKPOINT_WEIGHTS,
+        AverageIn,
+        AverageOut,
+        Checkpoint,
+    )
+    from imgclf.training.optimizers import make_optimizer
+
+    def tiny():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile(make_optimizer("sgd", 0.3, use_ema=True, ema_momentum=0.7), "mse")
+        return model
+
+    class Seen(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.weights = [w.copy() for w in self.model.get_weights()]
+            self.average = [keras.ops.convert_to_numpy(v).copy()
+                            for v in self.model.optimizer._model_variables_moving_average]
+
+    x = np.random.default_rng(2).normal(size=(32, 3)).astype("float32")
+    model, seen, average = tiny(), Seen(), AverageIn()
+    model.fit(x, x[:, :2] * 2.0, batch_size=4, epochs=2, verbose=0,
+              callbacks=[average, AverageOut(average), seen, Checkpoint(tmp_path, {})])
+    assert not np.allclose(seen.weights[0], seen.average[0])
+    resumed = tiny()
+    resumed.optimizer.build(resumed.trainable_variables)
+    resumed.load_weights(tmp_path / CHECKPOINT_DIR / CHECKPOINT_WEIGHTS)
+    for got, want in zip(resumed.get_weights(), seen.weights):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(resumed.optimizer._model_variables_moving_average, seen.average):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), want)

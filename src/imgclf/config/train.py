@@ -21,7 +21,7 @@ OPTIMIZER_PARAMS: dict[str, tuple[str, ...]] = {
     "ranger": ("beta_1", "beta_2", "epsilon", "k", "alpha"),
 }
 OPTIMIZER_COMMON = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "lr_multipliers",
-                    "weight_decay_multipliers")
+                    "weight_decay_multipliers", "use_ema", "ema_momentum")
 MULTIPLIER_KEYS = ("lr_multipliers", "weight_decay_multipliers")
 
 
@@ -45,6 +45,9 @@ class OptimizerConfig(Section):
     clipnorm: Float | None = Field(None, gt=0.0)
     clipvalue: Float | None = Field(None, gt=0.0)
     global_clipnorm: Float | None = Field(None, gt=0.0)
+    # Keras' weight averaging: validation, model.keras and the test set use the average
+    use_ema: bool | None = None
+    ema_momentum: Float | None = Field(None, ge=0.0, lt=1.0)
     lr_multipliers: dict[str, Annotated[Float, Field(ge=0.0)]] = Field(default_factory=dict)
     # decoupled weight decay per pattern (default: the variable's lr multiplier)
     weight_decay_multipliers: dict[str, Annotated[Float, Field(ge=0.0)]] = Field(default_factory=dict)
@@ -60,6 +63,8 @@ class OptimizerConfig(Section):
         clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if getattr(self, k) is not None]
         if len(clips) > 1:
             raise ValueError(f"set one of clipnorm, clipvalue, global_clipnorm, not {' and '.join(clips)}")
+        if self.ema_momentum is not None and not self.use_ema:
+            raise ValueError("ema_momentum applies only with use_ema: true")
         return self
 
     def params(self) -> dict:

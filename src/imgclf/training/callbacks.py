@@ -266,6 +266,32 @@ class Checkpoint(keras.callbacks.Callback):
                 old.unlink(missing_ok=True)
 
 
+class AverageIn(keras.callbacks.SwapEMAWeights):
+    """With ``use_ema``: the optimizer's moving average of the weights in the model while it
+    is validated (Keras' SwapEMAWeights) and from the start of each epoch's end, so the best
+    epoch is chosen and saved by its average. Goes first in the callback list; `AverageOut`
+    puts the trained weights back before the checkpoint and the next epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._ema_weights_in_model:
+            self._swap_variables()
+            self._ema_weights_in_model = True
+
+
+class AverageOut(keras.callbacks.Callback):
+    """The trained weights back in the model after ``swap``'s epoch-end swap: goes just before
+    Checkpoint, so a resumed run continues from them with the average kept beside them."""
+
+    def __init__(self, swap: AverageIn):
+        super().__init__()
+        self.swap = swap
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.swap._ema_weights_in_model:
+            self.swap._swap_variables()
+            self.swap._ema_weights_in_model = False
+
+
 def read_checkpoint(run_dir: Path) -> dict | None:
     path = Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_STATE
     if not path.exists():

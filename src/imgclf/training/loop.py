@@ -22,6 +22,8 @@ from imgclf.errors import TrainingError
 from imgclf.runs import Manifest, write_bad_files, write_json
 from imgclf.training.callbacks import (
     CHECKPOINT_DIR,
+    AverageIn,
+    AverageOut,
     BatchGrowth,
     BestModel,
     Checkpoint,
@@ -91,6 +93,9 @@ def make_callbacks(run_dir: Path, cfg: Config, history_rows: list[dict], extra_s
     callbacks += [cb for name, cb in stateful.items() if name != "best"]
     if t.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
+    if t.optimizer.use_ema:
+        average = AverageIn()
+        callbacks = [average, *callbacks, AverageOut(average)]
     callbacks.append(Checkpoint(run_dir, stateful, extra_state))
     return callbacks, history, stateful
 
