@@ -19,7 +19,8 @@ times, best of each):
   steady state, after one pass has decoded every training file into the cache. Target >= 0.95.
   Then, measured once, the first epoch (decoding every JPEG while training, the cache filling)
   of a fresh pipeline over the first --first-epoch-images training files, over the same
-  in-memory figure (0 skips it).
+  in-memory figure: its full steps after the first --skip (target >= 0.95), and the whole pass
+  with its start (0 skips it).
 - peer ratio: imgclf's training images/s (the same real pipeline) over a minimal PyTorch CPU
   loop: a Dataset over the same train/ folder that decodes each JPEG with PIL, as
   torchvision's ImageFolder does (classes and files sorted), RandomHorizontalFlip,
