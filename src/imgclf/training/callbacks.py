@@ -272,6 +272,7 @@ class AverageIn(keras.callbacks.SwapEMAWeights):
     epoch is chosen and saved by its average. Goes first in the callback list; `AverageOut`
     puts the trained weights back before the checkpoint and the next epoch."""
 
+    # Keras' own swaps cover evaluation or whole epochs, not "the best model's save but not the checkpoint"
     def on_epoch_end(self, epoch, logs=None):
         if not self._ema_weights_in_model:
             self._swap_variables()
