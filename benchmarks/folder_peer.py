@@ -90,12 +90,17 @@ def step_clock():
     return StepClock()
 
 
+def step_rate(marks: dict[int, float], skip: int, last: int, batch: int) -> float:
+    """Images/s of steps skip+1..last of a StepClock's ``marks``."""
+    return (last - skip) * batch / (marks[last] - marks[skip])
+
+
 def fit_rate(model, ds, steps: int, skip: int, batch: int):
     """Images/s of ``steps`` training steps on ``ds``, the first ``skip`` not timed."""
     def measure():
         clock = step_clock()
         model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[clock])
-        return (steps - skip) * batch / (clock.marks[steps] - clock.marks[skip])
+        return step_rate(clock.marks, skip, steps, batch)
     return measure
 
 
@@ -235,12 +240,11 @@ def main(argv=None) -> int:
         # the whole pass, to the end of the data: it decodes every file while training
         clock = step_clock()
         whole = timed(lambda: (model.fit(fresh, epochs=1, verbose=0, callbacks=[clock]), n)[1])
-        last = max(clock.marks)
-        timed_steps = range(skip + 1, last)  # full batches after the skipped ones (the last may be short)
-        cold = len(timed_steps) * bs / (clock.marks[last - 1] - clock.marks[skip]) if timed_steps else whole
+        last = max(clock.marks) - 1  # the last full batch (the pass's last one may be short)
+        cold = step_rate(clock.marks, skip, last, bs) if last > skip else whole
         results["first"] = report(
             f"pipeline efficiency, first epoch ({n} files, decoding every JPEG while training, "
-            f"steps {skip + 1}-{last - 1})", cold / steady["memory"], 0.95,
+            f"steps {skip + 1}-{last})", cold / steady["memory"], 0.95,
             f"{cold:.0f} img/s (pipeline)", f"{steady['memory']:.0f} img/s (in memory)")
         print(f"  the whole first pass, its start included: {whole:.0f} img/s "
               f"({whole / steady['memory']:.3f} of in-memory)", flush=True)

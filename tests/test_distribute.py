@@ -330,7 +330,7 @@ def test_the_multi_worker_loop_gives_what_fit_gives(use_ema):
 
     from imgclf.config import load_config
     from imgclf.training import setup as trainer
-    from imgclf.training.callbacks import AverageIn, AverageOut
+    from imgclf.training.callbacks import with_average
     from imgclf.training.distribute import fit_loop
 
     recipe = [*FAST, "data.shuffle_buffer=1", "model.dropout=0", "train.class_weight={'0': 3.0, '1': 0.5}",
@@ -344,10 +344,7 @@ def test_the_multi_worker_loop_gives_what_fit_gives(use_ema):
         trainer.seed_everything(prep.cfg)
         model = trainer.build_model(prep)
         trainer.enter_phase(model, prep, 2)
-        callbacks = [StopAfter(2)]
-        if use_ema:
-            average = AverageIn()
-            callbacks = [average, *callbacks, AverageOut(average)]
+        callbacks = with_average([StopAfter(2)]) if use_ema else [StopAfter(2)]
         kwargs = dict(validation_data=data["val"], epochs=3, callbacks=callbacks, verbose=0,
                       class_weight=class_weight)
         if loop == "fit":

@@ -323,7 +323,7 @@ def test_weight_averaging_validates_and_keeps_the_average_while_training_goes_on
         return model, logs
 
     plain = Weights()
-    _, _ = fit([plain])
+    fit([plain])
     average = AverageIn()
     judged, trained = Weights(), Weights()
     model, logs = fit([average, judged, AverageOut(average), trained])

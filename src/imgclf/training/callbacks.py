@@ -293,6 +293,12 @@ class AverageOut(keras.callbacks.Callback):
             self.swap._ema_weights_in_model = False
 
 
+def with_average(callbacks: list) -> list:
+    """``callbacks`` between an AverageIn and its AverageOut (Checkpoint goes after them)."""
+    average = AverageIn()
+    return [average, *callbacks, AverageOut(average)]
+
+
 def read_checkpoint(run_dir: Path) -> dict | None:
     path = Path(run_dir) / CHECKPOINT_DIR / CHECKPOINT_STATE
     if not path.exists():

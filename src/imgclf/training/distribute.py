@@ -277,7 +277,7 @@ def fit_loop(model, strategy, x, validation_data=None, initial_epoch: int = 0, e
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
-    if epochs > initial_epoch and getattr(model.optimizer, "use_ema", False):
-        model.optimizer.finalize_variable_values(model.trainable_variables)  # the average, as fit ends
+    if epochs > initial_epoch:  # as Keras' fit ends: with use_ema, the weights become their average
+        model.optimizer.finalize_variable_values(model.trainable_variables)
     cbs.on_train_end(logs)
     return history

@@ -22,8 +22,6 @@ from imgclf.errors import TrainingError
 from imgclf.runs import Manifest, write_bad_files, write_json
 from imgclf.training.callbacks import (
     CHECKPOINT_DIR,
-    AverageIn,
-    AverageOut,
     BatchGrowth,
     BestModel,
     Checkpoint,
@@ -32,6 +30,7 @@ from imgclf.training.callbacks import (
     HistoryCSV,
     Plateau,
     RaisePendingInterrupt,
+    with_average,
 )
 from imgclf.training.distribute import Distribution
 from imgclf.training.phases import is_phased, phase_after
@@ -94,8 +93,7 @@ def make_callbacks(run_dir: Path, cfg: Config, history_rows: list[dict], extra_s
     if t.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
     if t.optimizer.use_ema:
-        average = AverageIn()
-        callbacks = [average, *callbacks, AverageOut(average)]
+        callbacks = with_average(callbacks)
     callbacks.append(Checkpoint(run_dir, stateful, extra_state))
     return callbacks, history, stateful
 
