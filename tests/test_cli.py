@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,9 @@ def test_train_on_a_folder_writes_a_complete_run(folder_data, tmp_path):
     run = run_dir_of(result)
     assert run.parent == out
     assert RUN_FILES <= {p.name for p in run.iterdir()}
+    # training and validation files are decoded into memory before the first epoch, and it says so
+    assert re.search(r"^train: 19 images decoded into memory in [0-9.]+ s$", result.output, re.M)
+    assert re.search(r"^val: 5 images decoded into memory in [0-9.]+ s$", result.output, re.M)
 
     saved = load_config(run / "config.yaml")  # the resolved config trains as it is
     assert saved.data.image_size == [16, 16] and saved.data.channels == 3

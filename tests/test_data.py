@@ -371,3 +371,24 @@ def test_training_batches_mix_classes_of_a_class_sorted_split():
     batches = [np.argmax(labels, axis=1) for _, labels in ds.as_numpy_iterator()]
     assert all(len(set(b)) >= 8 for b in batches[:-1])  # each batch spans (almost) every class
     assert sorted(np.concatenate(batches)) == sorted(y)  # still each image once per epoch
+
+
+def test_a_filled_folder_split_is_decoded_before_training_in_the_same_order(folder_data):
+    """``fill`` decodes every file into the cache when the dataset is made: the files can go
+    and every epoch still reads them; the batches are those of the lazy pipeline, shuffle and all."""
+    import shutil
+
+    b = load_data(folder_cfg(folder_data), seed=0)
+    split = b.splits["train"]
+    kw = dict(training=True, seed=3, shuffle_buffer=5)
+    lazy = _batches(split, cache=False, **kw)
+    from imgclf.data.pipeline import make_dataset
+
+    filled = make_dataset(split, image_size=(16, 16), channels=3, num_classes=2, batch_size=4,
+                          fill=True, **kw)
+    shutil.rmtree(folder_data)
+    first, second = (list(filled.as_numpy_iterator()) for _ in range(2))
+    assert len(first) == len(lazy)
+    assert all(np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1]) for a, c in zip(first, lazy))
+    assert any(not np.array_equal(a[0], c[0]) for a, c in zip(first, second))  # reshuffled each epoch
+    assert sorted(np.concatenate([y.argmax(1) for _, y in second])) == sorted(split.y)

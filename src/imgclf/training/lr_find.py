@@ -70,7 +70,7 @@ def lr_find(cfg: Config, out: str | None = None, *, start_lr: float = 1e-7, end_
 
 
 def _run(run_dir, prep, model, start_lr, end_lr, steps, manifest, echo) -> float | None:
-    data = datasets(prep)["train"]
+    data = datasets(prep, names=("train",))["train"]
     class_weight = class_weight_map(prep)
     rates = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
     rows, avg, best = [], 0.0, np.inf

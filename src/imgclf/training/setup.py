@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import dataclass
 
 import keras
@@ -127,23 +128,33 @@ def enter_phase(model, prep: Prepared, phase: int, batch_size: int | None = None
                               get_entry(prep.cfg.model.name).block_pattern)
 
 
-def datasets(prep: Prepared, train_batch_size: int | None = None) -> dict:
-    """One dataset per split; the training split's batch may differ from data.batch_size
-    (train.batch_size_schedule), evaluation batches never change."""
+def datasets(prep: Prepared, train_batch_size: int | None = None, names=None, echo=None,
+             fill: bool = True) -> dict:
+    """One dataset per split (of ``names``, default all); the training split's batch may differ
+    from data.batch_size (train.batch_size_schedule), evaluation batches never change. Cached
+    training and validation files are decoded into memory here, before any epoch (``echo``
+    says how long that took; ``fill=False``: during the first one, as benchmarks/folder_peer.py
+    compares); the test files decode when the test set is evaluated."""
     d = prep.cfg.data
     # the training split alone gets the pipeline's steps (all of them with augment_on=pipeline,
     # else only mixup/cutmix); validation, test and predict data are never augmented
     _, in_pipeline = split_steps(prep.cfg.augment, prep.cfg.augment_on, (*prep.image_size, prep.channels))
-    return {
-        name: make_dataset(
+    made = {}
+    for name, split in prep.bundle.splits.items():
+        if names is not None and name not in names:
+            continue
+        filling = fill and d.cache and split.files is not None and name in ("train", "val")
+        start = time.perf_counter()
+        made[name] = make_dataset(
             split, image_size=prep.image_size, channels=prep.channels,
             num_classes=prep.bundle.num_classes,
             batch_size=(train_batch_size or d.batch_size) if name == "train" else d.batch_size,
             training=name == "train", seed=prep.cfg.seed, cache=d.cache,
-            shuffle_buffer=d.shuffle_buffer, augment=in_pipeline if name == "train" else (),
+            shuffle_buffer=d.shuffle_buffer, augment=in_pipeline if name == "train" else (), fill=filling,
         )
-        for name, split in prep.bundle.splits.items()
-    }
+        if filling and echo is not None:
+            echo(f"{name}: {len(split):,} images decoded into memory in {time.perf_counter() - start:.1f} s")
+    return made
 
 
 def verbosity(setting) -> int:
