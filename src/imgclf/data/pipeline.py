@@ -93,9 +93,9 @@ def decode_files(files: Sequence[str], size: tuple[int, int], labels=None) -> tf
 
 def fill_cache(ds: tf.data.Dataset) -> int:
     """Read ``ds`` (ending in ``cache()``) to its end, so its in-memory cache is complete and
-    every iterator made later reads from it; returns the images read. Decoding while training
-    slowed a first epoch of CIFAR-10's JPEGs by 10%, though the decode is under 2% of the work:
-    its threads take cores from the parallel convolutions (README, Performance)."""
+    every iterator made later reads from it; returns the images read. So no training step
+    shares the cores with decoding and the first epoch trains at the rate of the others
+    (benchmarks/folder_peer.py measures it against decoding while training: README, Performance)."""
     # read from Python, batch by batch, so that a Ctrl-C acts within a batch (interrupts.py)
     return sum(int(images.shape[0]) for images, _ in ds.batch(256))
 
