@@ -234,6 +234,10 @@ def main(argv=None) -> int:
     prep, model = keras_setup(config, args.overrides + ["data.source=folder", f"data.path={folder}"],
                               args.train_images)
     bs, steps, skip = prep.cfg.data.batch_size, args.steps, args.skip
+    passes = len(prep.bundle.splits["train"]) // bs  # fit stops when one pass runs out
+    if steps > passes:
+        sys.exit(f"--steps {steps} is more than the {passes} full batches of {bs} in one pass over "
+                 f"{len(prep.bundle.splits['train'])} training files: lower --steps or raise --train-images")
     start = time.perf_counter()
     ds = train_dataset(prep)  # decodes every training file into the cache
     filled = len(prep.bundle.splits["train"]) / (time.perf_counter() - start)

@@ -392,3 +392,29 @@ def test_a_filled_folder_split_is_decoded_before_training_in_the_same_order(fold
     assert all(np.array_equal(a[0], c[0]) and np.array_equal(a[1], c[1]) for a, c in zip(first, lazy))
     assert any(not np.array_equal(a[0], c[0]) for a, c in zip(first, second))  # reshuffled each epoch
     assert sorted(np.concatenate([y.argmax(1) for _, y in second])) == sorted(split.y)
+
+
+def test_a_filled_source_is_batched_again_at_a_new_size_without_its_files(folder_data):
+    """Batch growth batches the training split's decoded cache again: the files can go, and the
+    bigger batches hold the same images, each once an epoch."""
+    import shutil
+
+    from imgclf.data.pipeline import make_dataset, split_source
+
+    split = load_data(folder_cfg(folder_data), seed=0).splits["train"]
+    kw = dict(image_size=(16, 16), training=True, seed=3, shuffle_buffer=5)
+    source = split_source(split, fill=True, **kw)
+    shutil.rmtree(folder_data)
+
+    def epoch(batch_size):
+        ds = make_dataset(split, channels=3, num_classes=2, batch_size=batch_size, source=source, **kw)
+        return list(ds.as_numpy_iterator())
+
+    small, large = epoch(4), epoch(8)
+    assert [len(x) for x, _ in large] == [8, 8, len(split) - 16]
+    assert len(small) == -(-len(split) // 4)
+
+    def images(batches):
+        return sorted(image.tobytes() for x, _ in batches for image in x)
+
+    assert len(images(large)) == len(split) and images(small) == images(large)

@@ -75,6 +75,24 @@ def test_the_batch_grows_when_the_metric_crosses_its_threshold(tmp_path):
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
 
 
+def test_batch_growth_on_a_folder_batches_its_decoded_files_again(folder_data, tmp_path, monkeypatch):
+    """The grown batch reads the training split's cache: each split's files decode once a run."""
+    from imgclf.data import pipeline
+
+    decoded = []
+    decode = pipeline.decode_files
+    monkeypatch.setattr(pipeline, "decode_files", lambda files, *a, **k: decoded.append(len(files))
+                        or decode(files, *a, **k))
+    result = train(*sets(FAST + NO_STOP + ["train.epochs=3", "data.source=folder", f"data.path={folder_data}",
+                                           "data.image_size=[16,16]"]),
+                   "--set", "train.batch_size_schedule=[{monitor: val_accuracy, above: 0.0, batch_size: 16}]",
+                   "--out", str(tmp_path))
+    run = run_dir_of(result)
+    assert "epoch 1: batch size 8 -> 16" in result.output
+    assert history(run)["batch_size"].tolist() == [8, 16, 16]
+    assert decoded.count(19) == 1, decoded  # the 19 training files, not again for the new batch
+
+
 def test_deterministic_runs_repeat_exactly(tmp_path):
     args = sets(FAST + ["train.deterministic=true", "train.epochs=2"])
     a = history(run_dir_of(train(*args, "--out", str(tmp_path / "a"))))

@@ -100,29 +100,20 @@ def fill_cache(ds: tf.data.Dataset) -> int:
     return sum(int(images.shape[0]) for images, _ in ds.batch(256))
 
 
-def make_dataset(
+def split_source(
     split: Split,
     *,
     image_size: tuple[int, int],
-    channels: int,
-    num_classes: int,
-    batch_size: int,
     training: bool,
     seed: int,
     cache: bool = True,
     shuffle_buffer: int = 10_000,
-    augment: Sequence[AugmentStep] = (),
     fill: bool = False,
-) -> tf.data.Dataset:
-    """A batched dataset of (float32 images 0..255, one-hot labels) for one split.
-
-    ``training`` shuffles (with ``seed``, reshuffled every epoch); otherwise the order is
-    the split's order, which is the order of predictions.csv. ``augment`` steps (training
-    datasets only) run on the batches, seeded with ``seed``; MixUp/CutMix mix the labels too.
-    ``fill`` (with ``cache``, for files) decodes every file into the cache now: fill_cache.
-    """
-    if augment and not training:
-        raise ValueError("augmentation is for training datasets only")
+) -> tuple[tf.data.Dataset, int]:
+    """One split's (image, label) elements before shuffle and batch, and the channels they have:
+    decoded (files) or sliced (arrays), then cached. make_dataset batches it; batching the same
+    source again (a new batch size) reads the same cache, so files are not decoded twice.
+    ``fill`` (with ``cache``, for files) decodes every file into the cache now: fill_cache."""
     size = tuple(int(s) for s in image_size)
     if training and shuffle_buffer < len(split):
         # folders list their files class by class: a buffer smaller than the split would fill
@@ -139,6 +130,37 @@ def make_dataset(
         ds = ds.cache()
         if fill and split.files is not None:
             fill_cache(ds)
+    return ds, have
+
+
+def make_dataset(
+    split: Split,
+    *,
+    image_size: tuple[int, int],
+    channels: int,
+    num_classes: int,
+    batch_size: int,
+    training: bool,
+    seed: int,
+    cache: bool = True,
+    shuffle_buffer: int = 10_000,
+    augment: Sequence[AugmentStep] = (),
+    fill: bool = False,
+    source: tuple[tf.data.Dataset, int] | None = None,
+) -> tf.data.Dataset:
+    """A batched dataset of (float32 images 0..255, one-hot labels) for one split.
+
+    ``training`` shuffles (with ``seed``, reshuffled every epoch); otherwise the order is
+    the split's order, which is the order of predictions.csv. ``augment`` steps (training
+    datasets only) run on the batches, seeded with ``seed``; MixUp/CutMix mix the labels too.
+    ``fill`` (with ``cache``, for files) decodes every file into the cache now: fill_cache.
+    ``source``: the split's split_source, made before with the same arguments, to batch again.
+    """
+    if augment and not training:
+        raise ValueError("augmentation is for training datasets only")
+    size = tuple(int(s) for s in image_size)
+    ds, have = source or split_source(split, image_size=size, training=training, seed=seed, cache=cache,
+                                      shuffle_buffer=shuffle_buffer, fill=fill)
     if training:
         ds = ds.shuffle(min(shuffle_buffer, max(len(split), 1)), seed=seed,
                         reshuffle_each_iteration=True)

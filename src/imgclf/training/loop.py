@@ -140,7 +140,8 @@ class EpochLoop:
         self.grower = self.stateful.get("batch_size")
         self.stopper = self.stateful.get("early_stopping")
         self.batch_size = self.grower.batch_size if self.grower else run.prep.cfg.data.batch_size
-        self.data = datasets(run.prep, self.batch_size, echo=run.echo)
+        self.sources: dict = {}  # each split's decoded cache, batched again when the batch grows
+        self.data = datasets(run.prep, self.batch_size, echo=run.echo, sources=self.sources)
         self.class_weight = class_weight_map(run.prep)
         self.fit = run.dist.fit_function(run.model)
 
@@ -192,7 +193,8 @@ class EpochLoop:
             self.run.echo(f"epoch {self.epoch}: batch size {self.batch_size} -> {self.grower.pending}")
             self.batch_size = self.grower.batch_size = self.grower.pending
             self.grower.pending = None
-            self.data["train"] = datasets(self.run.prep, self.batch_size, names=("train",))["train"]
+            self.data["train"] = datasets(self.run.prep, self.batch_size, names=("train",),
+                                          sources=self.sources)["train"]
 
     def check_divergence(self) -> None:
         """A loss that went to NaN: fatal before any epoch was kept, else a warning."""

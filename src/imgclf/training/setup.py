@@ -15,7 +15,7 @@ import tensorflow as tf
 from imgclf.config import Config
 from imgclf.data import DataBundle, load_data
 from imgclf.data.augment import split_steps
-from imgclf.data.pipeline import make_dataset
+from imgclf.data.pipeline import make_dataset, split_source
 from imgclf.errors import ConfigError
 from imgclf.layers import PatchWhitening
 from imgclf.models import ModelSpec, create_model, get_entry
@@ -129,31 +129,40 @@ def enter_phase(model, prep: Prepared, phase: int, batch_size: int | None = None
 
 
 def datasets(prep: Prepared, train_batch_size: int | None = None, names=None, echo=None,
-             fill: bool = True) -> dict:
+             fill: bool = True, sources: dict | None = None) -> dict:
     """One dataset per split (of ``names``, default all); the training split's batch may differ
     from data.batch_size (train.batch_size_schedule), evaluation batches never change. Cached
     training and validation files are decoded into memory here, before any epoch (``echo``
     says how long that took; ``fill=False``: during the first one, as benchmarks/folder_peer.py
-    compares); the test files decode when the test set is evaluated."""
+    compares); the test files decode when the test set is evaluated. ``sources`` keeps each
+    split's decoded, cached elements between calls: a split found there is batched again from
+    them (batch growth), not decoded again."""
     d = prep.cfg.data
     # the training split alone gets the pipeline's steps (all of them with augment_on=pipeline,
     # else only mixup/cutmix); validation, test and predict data are never augmented
     _, in_pipeline = split_steps(prep.cfg.augment, prep.cfg.augment_on, (*prep.image_size, prep.channels))
+    sources = {} if sources is None else sources
     made = {}
     for name, split in prep.bundle.splits.items():
         if names is not None and name not in names:
             continue
+        training = name == "train"
         filling = fill and d.cache and split.files is not None and name in ("train", "val")
         start = time.perf_counter()
+        if name not in sources:
+            sources[name] = split_source(split, image_size=prep.image_size, training=training,
+                                         seed=prep.cfg.seed, cache=d.cache, shuffle_buffer=d.shuffle_buffer,
+                                         fill=filling)
+            if filling and echo is not None:
+                took = time.perf_counter() - start
+                echo(f"{name}: {len(split):,} images decoded into memory in {took:.1f} s")
         made[name] = make_dataset(
             split, image_size=prep.image_size, channels=prep.channels,
             num_classes=prep.bundle.num_classes,
-            batch_size=(train_batch_size or d.batch_size) if name == "train" else d.batch_size,
-            training=name == "train", seed=prep.cfg.seed, cache=d.cache,
-            shuffle_buffer=d.shuffle_buffer, augment=in_pipeline if name == "train" else (), fill=filling,
+            batch_size=(train_batch_size or d.batch_size) if training else d.batch_size,
+            training=training, seed=prep.cfg.seed, cache=d.cache, shuffle_buffer=d.shuffle_buffer,
+            augment=in_pipeline if training else (), source=sources[name],
         )
-        if filling and echo is not None:
-            echo(f"{name}: {len(split):,} images decoded into memory in {time.perf_counter() - start:.1f} s")
     return made
 
 
