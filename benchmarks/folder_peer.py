@@ -234,16 +234,16 @@ def main(argv=None) -> int:
     prep, model = keras_setup(config, args.overrides + ["data.source=folder", f"data.path={folder}"],
                               args.train_images)
     bs, steps, skip = prep.cfg.data.batch_size, args.steps, args.skip
-    passes = len(prep.bundle.splits["train"]) // bs  # fit stops when one pass runs out
-    if steps > passes:
-        sys.exit(f"--steps {steps} is more than the {passes} full batches of {bs} in one pass over "
-                 f"{len(prep.bundle.splits['train'])} training files: lower --steps or raise --train-images")
+    n_train = len(prep.bundle.splits["train"])
+    if steps > n_train // bs:  # fit stops when one pass runs out
+        sys.exit(f"--steps {steps} is more than the {n_train // bs} full batches of {bs} in one pass over "
+                 f"{n_train} training files: lower --steps or raise --train-images")
     start = time.perf_counter()
     ds = train_dataset(prep)  # decodes every training file into the cache
-    filled = len(prep.bundle.splits["train"]) / (time.perf_counter() - start)
+    filled = n_train / (time.perf_counter() - start)
     print(f"model {prep.cfg.model.name} {prep.cfg.model.filters}, {model.count_params():,} parameters, "
           f"{train_flops(model) / 1e6:.1f} training MFLOP/image, batch {bs}, "
-          f"{len(prep.bundle.splits['train'])} training files in {folder}, augment_on {prep.cfg.augment_on}; "
+          f"{n_train} training files in {folder}, augment_on {prep.cfg.augment_on}; "
           f"{steps} steps ({steps - skip} timed) x {args.rounds} rounds", flush=True)
     print(f"  cache filled: {filled:.0f} img/s decoding alone", flush=True)
     memory = in_memory(ds)

@@ -76,7 +76,7 @@ def test_the_batch_grows_when_the_metric_crosses_its_threshold(tmp_path):
 
 
 def test_batch_growth_on_a_folder_batches_its_decoded_files_again(folder_data, tmp_path, monkeypatch):
-    """The grown batch reads the training split's cache: each split's files decode once a run."""
+    """The grown batch reads the training split's cache: its files decode once a run."""
     from imgclf.data import pipeline
 
     decoded = []
