@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 from keras import layers
-from tests.conftest import train_run
+from tests.conftest import FAST, train_run
 
 from imgclf.layers import Dirac, PatchWhitening
 
@@ -82,3 +83,24 @@ def test_fastnet_run_adapts_trains_and_loads(tmp_path, folder_data):
     gram = kernel.T @ kernel
     np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0, atol=1e-3 * np.abs(gram).max())
     assert np.diag(gram).std() > 0  # scaled by 1/sqrt(eigenvalue): not the initial random kernel
+
+
+@pytest.mark.parametrize("value", [None, 120])
+def test_noise_erasing_before_the_whitening_layer_warns_once(tmp_path, folder_data, value):
+    from typer.testing import CliRunner
+
+    from imgclf.cli import app
+
+    erasing = f"{{name: erasing, probability: 1.0, value: {'null' if value is None else value}}}"
+    args = ["train", "--out", str(tmp_path)]
+    for o in [*FAST, "model.name=fastnet", "model.filters=[8,16,16]", "model.dense_units=0",
+              "data.source=folder", f"data.path={folder_data}", "data.image_size=[16,16]",
+              "train.epochs=1", f"augment=[{erasing}]"]:
+        args += ["--set", o]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "erasing without a value" in line]
+    # noise boxes are what the whitening layer magnifies; a grey box passes quietly
+    assert len(warned) == (1 if value is None else 0), result.output
+    if value is None:
+        assert warned[0].startswith("warning: augment: erasing") and "value: 120" in warned[0]

@@ -117,6 +117,19 @@ def adapt_layers(model, prep: Prepared, count: int = ADAPT_IMAGES) -> None:
         layer.adapt(keras.Model(model.inputs, layer.input).predict(images, batch_size=500, verbose=0))
 
 
+def noise_into_whitening(cfg: Config, model) -> str | None:
+    """A warning for random erasing that fills its boxes with noise in front of a patch-whitening
+    layer: whitening scales such noise far above real patches (11x their RMS on CIFAR-10, README,
+    Performance), and the runs it unsettles swing by 20 points of validation accuracy."""
+    if not any(step.name == "erasing" and step.value is None for step in cfg.augment):
+        return None
+    if not any(isinstance(la, PatchWhitening) for la in model._flatten_layers()):
+        return None
+    return (f"warning: augment: erasing without a value fills its boxes with noise, which {cfg.model.name}'s "
+            "patch-whitening layer magnifies about 11x over real patches and which unsettles training; "
+            "give it a grey value, e.g. {name: erasing, value: 120}")
+
+
 def steps_per_epoch(prep: Prepared, batch_size: int | None = None) -> int:
     return max(1, math.ceil(len(prep.bundle.splits["train"]) / (batch_size or prep.cfg.data.batch_size)))
 

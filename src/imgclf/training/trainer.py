@@ -40,7 +40,14 @@ from imgclf.training.distribute import barrier
 from imgclf.training.folds import KIND, fold_dirs, fold_status, is_kfold, write_summary
 from imgclf.training.loop import Fitted, Run, checkpoint_phase, fit_all
 from imgclf.training.phases import is_partial, is_phased
-from imgclf.training.setup import build_model, distribution, enter_phase, prepare, seed_everything
+from imgclf.training.setup import (
+    build_model,
+    distribution,
+    enter_phase,
+    noise_into_whitening,
+    prepare,
+    seed_everything,
+)
 
 
 def train(cfg: Config, out: str | None = None, echo=print, *, on_run_dir=None,
@@ -190,6 +197,8 @@ def _assemble(cfg: Config, echo, state: dict | None = None, run_dir: Path | None
     seed_everything(prep.cfg)
     with dist.strategy.scope():
         model = build_model(prep, adapt=state is None)
+        if (note := noise_into_whitening(prep.cfg, model)) is not None:
+            echo(note)
         entered = enter_phase(model, prep, checkpoint_phase(prep.cfg.train, state))
         if state is not None:
             model.optimizer.build(model.trainable_variables)
