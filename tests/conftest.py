@@ -105,8 +105,8 @@ def sklearn_metrics(rows, class_names):
 
 
 # ----------------------------------------------------- trained runs, shared by the report tests
-def train_run(out: Path, *overrides: str) -> Path:
-    """Train through the CLI with FAST settings; returns the run directory."""
+def train_cli(out: Path, *overrides: str):
+    """`imgclf train` through the CLI with FAST settings; returns typer's result (exit code, output)."""
     from typer.testing import CliRunner
 
     from imgclf.cli import app
@@ -114,7 +114,12 @@ def train_run(out: Path, *overrides: str) -> Path:
     args = ["train", "--out", str(out)]
     for o in [*FAST, *overrides]:
         args += ["--set", o]
-    result = CliRunner().invoke(app, args)
+    return CliRunner().invoke(app, args)
+
+
+def train_run(out: Path, *overrides: str) -> Path:
+    """Train through the CLI with FAST settings; returns the run directory."""
+    result = train_cli(out, *overrides)
     assert result.exit_code == 0, result.output
     return Path(result.output.strip().splitlines()[-1])
 

@@ -3,11 +3,13 @@ initialiser, and a run that adapts, trains, saves and loads."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 from keras import layers
-from tests.conftest import FAST, train_run
+from tests.conftest import train_cli, train_run
 
 from imgclf.layers import Dirac, PatchWhitening
 
@@ -70,10 +72,15 @@ def test_dirac_passes_channels_through():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(fewer(x)), x[..., :3], atol=1e-6)
 
 
+def tiny_fastnet(folder: Path) -> list[str]:
+    """fastnet at 8-16 filters on a folder of 16 px images."""
+    return ["model.name=fastnet", "model.filters=[8,16,16]", "model.dense_units=0", "data.source=folder",
+            f"data.path={folder}", "data.image_size=[16,16]"]
+
+
 def test_fastnet_run_adapts_trains_and_loads(tmp_path, folder_data):
-    run = train_run(tmp_path, "model.name=fastnet", "model.filters=[8,16,16]", "model.dense_units=0",
-                    "data.source=folder", f"data.path={folder_data}", "data.image_size=[16,16]",
-                    "train.optimizer.name=sgd", "train.optimizer.lr=0.2", "train.optimizer.momentum=0.85",
+    run = train_run(tmp_path, *tiny_fastnet(folder_data), "train.optimizer.name=sgd",
+                    "train.optimizer.lr=0.2", "train.optimizer.momentum=0.85",
                     "train.optimizer.nesterov=true", "train.schedule.name=one_cycle",
                     "train.schedule.anneal_strategy=linear", "train.epochs=2")
     model = keras.saving.load_model(run / "model.keras")
@@ -87,17 +94,8 @@ def test_fastnet_run_adapts_trains_and_loads(tmp_path, folder_data):
 
 @pytest.mark.parametrize("value", [None, 120])
 def test_noise_erasing_before_the_whitening_layer_warns_once(tmp_path, folder_data, value):
-    from typer.testing import CliRunner
-
-    from imgclf.cli import app
-
     erasing = f"{{name: erasing, probability: 1.0, value: {'null' if value is None else value}}}"
-    args = ["train", "--out", str(tmp_path)]
-    for o in [*FAST, "model.name=fastnet", "model.filters=[8,16,16]", "model.dense_units=0",
-              "data.source=folder", f"data.path={folder_data}", "data.image_size=[16,16]",
-              "train.epochs=1", f"augment=[{erasing}]"]:
-        args += ["--set", o]
-    result = CliRunner().invoke(app, args)
+    result = train_cli(tmp_path, *tiny_fastnet(folder_data), "train.epochs=1", f"augment=[{erasing}]")
     assert result.exit_code == 0, result.output
     warned = [line for line in result.output.splitlines() if "erasing without a value" in line]
     # noise boxes are what the whitening layer magnifies; a grey box passes quietly

@@ -101,10 +101,14 @@ def build_model(prep: Prepared, adapt: bool = True):
 ADAPT_IMAGES = 5000  # the patch covariance of 5,000 images is as good as that of all
 
 
+def whitening_layers(model) -> list[PatchWhitening]:
+    return [la for la in model._flatten_layers() if isinstance(la, PatchWhitening)]
+
+
 def adapt_layers(model, prep: Prepared, count: int = ADAPT_IMAGES) -> None:
     """Each PatchWhitening layer adapts to ``count`` training images drawn with the run's seed,
     as they reach it at inference (after the model's own rescaling, without augmentation)."""
-    targets = [la for la in model._flatten_layers() if isinstance(la, PatchWhitening)]
+    targets = whitening_layers(model)
     if not targets:
         return
     split = prep.bundle.splits["train"]
@@ -123,7 +127,7 @@ def noise_into_whitening(cfg: Config, model) -> str | None:
     Performance), and the runs it unsettles swing by 20 points of validation accuracy."""
     if not any(step.name == "erasing" and step.value is None for step in cfg.augment):
         return None
-    if not any(isinstance(la, PatchWhitening) for la in model._flatten_layers()):
+    if not whitening_layers(model):
         return None
     return (f"warning: augment: erasing without a value fills its boxes with noise, which {cfg.model.name}'s "
             "patch-whitening layer magnifies about 11x over real patches and which unsettles training; "
